@@ -1,0 +1,87 @@
+"""SeaweedFS as the embedded S3 store: `weed server -s3` on loopback, one default bucket,
+credentials written to .kiln/s3.env for the operator, the tests and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+
+from kiln_local import procs
+from kiln_local.paths import S3_ENV, STATE, venv_bin
+
+HOST = "127.0.0.1"
+S3_PORT = int(os.environ.get("KILN_S3_PORT", "18333"))
+BUCKET = "kiln"
+NAME = "seaweedfs"
+
+
+def read_env() -> dict[str, str]:
+    if not S3_ENV.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in S3_ENV.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
+
+
+def _credentials() -> dict[str, str]:
+    env = read_env()
+    if env:
+        return env
+    env = {
+        "KILN_S3_ENDPOINT": f"http://{HOST}:{S3_PORT}",
+        "AWS_ACCESS_KEY_ID": "kiln",
+        "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        "AWS_REGION": "us-east-1",
+        "KILN_BUCKET": BUCKET,
+    }
+    STATE.mkdir(parents=True, exist_ok=True)
+    S3_ENV.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    S3_ENV.chmod(0o600)
+    return env
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def up(timeout: float = 60) -> dict[str, str]:
+    """Start SeaweedFS (or reuse the running one) and return the S3 environment."""
+    env = _credentials()
+    data = STATE / "seaweedfs"
+    data.mkdir(parents=True, exist_ok=True)
+    config = STATE / "s3-identities.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "kiln",
+        "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    procs.start(NAME, [
+        venv_bin("weed"), "server", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        "-master.port=19333", "-volume.port=18080", "-filer.port=18888",
+        "-master.volumeSizeLimitMB=64", "-volume.max=32",
+        "-s3", f"-s3.port={S3_PORT}", f"-s3.config={config}",
+    ])
+    procs.wait_for(lambda: _port_open(S3_PORT) and _bucket(env), "SeaweedFS S3", timeout, NAME)
+    return env
+
+
+def _bucket(env: dict[str, str]) -> bool:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3", endpoint_url=env["KILN_S3_ENDPOINT"], region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+    names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if env["KILN_BUCKET"] not in names:
+        client.create_bucket(Bucket=env["KILN_BUCKET"])
+    return True
+
+
+def down() -> None:
+    procs.stop(NAME)
