@@ -13,6 +13,17 @@ artifacts against it. Keys every card carries:
     spec       the validated TrainingJob spec
     timings    {phase: seconds}
     device     {kind: cpu|cuda, ...}
+    task       "classification" | "regression"
+    signature  how to call the ONNX artifact (absent when there is none):
+               {"inputs":  [{"name", "datatype": "FP32"|"BYTES", "shape": [-1, n]}],
+                "outputs": {"label": <onnx output name>, "probabilities": <name, classifiers>}}
+               All-numeric features: ONE input named "input", FP32 [-1, len(features.names)],
+               columns in features.names order. With categorical features: one input per
+               raw column, named as the column, shape [-1, 1], FP32 or BYTES.
+
+features.names are the RAW input columns, in order; the artifact (a whole scikit-learn
+Pipeline) applies cleaning-imputation, scaling and encoding itself, so a server feeds
+raw values and nothing else.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import json
 
 REQUIRED_KEYS = (
     "metrics", "gates", "params", "artifacts", "dataset", "features",
-    "libraries", "spec", "timings", "device",
+    "libraries", "spec", "timings", "device", "task",
 )
 ARTIFACT_KEYS = ("file", "format", "sha256", "bytes")
 # Formats whose loading can execute code; refused unless explicitly allowed.
