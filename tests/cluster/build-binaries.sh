@@ -64,17 +64,14 @@ say "compile $WANT (about 5 minutes on 2 cores cold, 1 minute with a warm Go cac
   mkdir -p .go/src/k8s.io
   [ -L .go/src/k8s.io/kubernetes ] || ln -s ../../.. .go/src/k8s.io/kubernetes
   whats=""; for b in $WANT; do whats="$whats cmd/$b"; done
-  make WHAT="${whats# }" &
-  pid=$!
-  start=$(date +%s)
-  while kill -0 $pid 2>/dev/null; do
-    sleep 30
-    kill -0 $pid 2>/dev/null && echo "[kiln]   still compiling… $(( $(date +%s) - start ))s"
-  done
-  wait $pid
+  make WHAT="${whats# }"
 ) >>"$LOG" 2>&1 &
 bpid=$!
-while kill -0 $bpid 2>/dev/null; do sleep 30; kill -0 $bpid 2>/dev/null && echo "[kiln]   compiling… (log: $LOG)"; done
+start=$(date +%s)
+while kill -0 $bpid 2>/dev/null; do
+  sleep 30
+  kill -0 $bpid 2>/dev/null && echo "[kiln]   compiling… $(( $(date +%s) - start ))s (log: $LOG)"
+done
 wait $bpid || fail "go build"
 
 say "install binaries into $BIN"

@@ -1,0 +1,65 @@
+# Kiln — `make demo` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSTEM_STAMP := .kiln/.system-deps
+export KUBECONFIG := $(CURDIR)/.kiln/kubeconfig
+
+.PHONY: demo test unit integration lint bench cluster-up cluster-down cluster-status system-deps binaries clean
+
+# Debian packages the project needs beyond a stock Python machine (the Kubernetes
+# build toolchain is installed by tests/cluster/build-binaries.sh on first use).
+SYSTEM_PACKAGES := openssl wrk
+
+$(SYSTEM_STAMP):
+	@mkdir -p .kiln
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "[kiln] installing Debian packages: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+	@touch $@
+
+system-deps: $(SYSTEM_STAMP)
+
+$(STAMP): pyproject.toml | $(SYSTEM_STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+binaries: $(STAMP)
+	@bash tests/cluster/build-binaries.sh
+
+cluster-up: binaries
+	@$(PY) -m kiln_local up
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) -m kiln_local down; else echo "[kiln] nothing to stop"; fi
+
+cluster-status: $(STAMP)
+	@$(PY) -m kiln_local status
+
+demo: cluster-up
+	@$(PY) -m kiln_local.demo
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+integration: binaries
+	$(PY) -m pytest tests/integration -q
+
+test: binaries
+	$(PY) -m pytest tests/unit tests/integration -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: binaries
+	$(PY) bench/run_all.py
+
+clean: cluster-down
+	rm -rf .kiln

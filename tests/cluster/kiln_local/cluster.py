@@ -1,0 +1,106 @@
+"""Bring the whole local Kiln up or down: control plane, CRDs, node simulator, SeaweedFS, operator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from kiln_local import controlplane, procs, s3
+from kiln_local.paths import KUBECONFIG, LOGS, REPO, STATE
+
+OPERATOR_HEALTH = "http://127.0.0.1:18089/healthz"
+ORDER = ("kiln-operator", "nodesim")  # stopped first, before what they talk to
+
+
+def kubectl(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([controlplane.binary("kubectl") or "kubectl", f"--kubeconfig={KUBECONFIG}", *args],
+                          check=check, capture_output=capture, text=True)
+
+
+def _step(n: int, total: int, what: str) -> float:
+    print(f"[kiln] {n}/{total} {what}", flush=True)
+    return time.monotonic()
+
+
+def up(operator: bool = True) -> None:
+    t0 = time.monotonic()
+    STATE.mkdir(parents=True, exist_ok=True)
+    total = 6 if operator else 5
+    _step(1, total, "control-plane binaries, etcd, kube-apiserver, controller-manager, scheduler")
+    controlplane.up()
+    _step(2, total, "CRDs (crds/)")
+    kubectl("apply", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.kiln.dev",
+            "crd/models.kiln.dev", "crd/deployments.kiln.dev")
+    kubectl("api-resources")  # refreshes kubectl's discovery cache, or `kubectl get kiln` misses the new kinds
+    _step(3, total, "node simulator")
+    procs.start("nodesim", [sys.executable, "-m", "kiln_local.nodesim"], env={"KUBECONFIG": str(KUBECONFIG)})
+    procs.wait_for(_node_ready, "simulated node Ready", 60, "nodesim")
+    procs.wait_for(lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+                   "default ServiceAccount", 60, "kube-controller-manager")
+    _step(4, total, "SeaweedFS (S3 on loopback)")
+    env = s3.up()
+    _step(5, total, "S3 credentials Secret kiln-s3 in namespace default")
+    _s3_secret(env)
+    if operator:
+        _step(6, total, "operator from the working tree (kopf run)")
+        start_operator(env)
+    print(f"[kiln] local cluster up in {time.monotonic() - t0:.0f}s\n"
+          f"       export KUBECONFIG={KUBECONFIG}\n"
+          f"       kubectl get nodes; kubectl get kiln; kubectl explain trainingjob.spec.split\n"
+          f"       logs: {LOGS}/", flush=True)
+
+
+def _node_ready() -> bool:
+    out = kubectl("get", "node", "kiln-node", "-o",
+                  "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+    return out.stdout.strip() == "True"
+
+
+def _s3_secret(env: dict[str, str]) -> None:
+    manifest = kubectl("create", "secret", "generic", "kiln-s3", "--dry-run=client", "-o", "yaml",
+                       *(f"--from-literal={k}={v}" for k, v in env.items())).stdout
+    subprocess.run([controlplane.binary("kubectl") or "kubectl", f"--kubeconfig={KUBECONFIG}", "apply", "-f", "-"],
+                   input=manifest, text=True, check=True, capture_output=True)
+
+
+def start_operator(env: dict[str, str]) -> None:
+    procs.start("kiln-operator", [
+        sys.executable, "-m", "kopf", "run", "--all-namespaces", "--standalone", "--log-format=json",
+        f"--liveness={OPERATOR_HEALTH}", "-m", "kiln_operator",
+    ], env={**env, "KUBECONFIG": str(KUBECONFIG), "KILN_LOG_FORMAT": "json"}, cwd=str(REPO))
+    procs.wait_for(_operator_live, "operator liveness", 60, "kiln-operator")
+
+
+def _operator_live() -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(OPERATOR_HEALTH, timeout=2) as resp:
+        return resp.status == 200
+
+
+def down() -> None:
+    for name in ORDER:
+        procs.stop(name, grace=20)
+    s3.down()
+    controlplane.down()
+    print("[kiln] local cluster stopped", flush=True)
+
+
+def status() -> int:
+    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodesim", s3.NAME,
+             "kiln-operator")
+    code = 0
+    for name in names:
+        pid = procs.running(name)
+        print(f"{name:26} {'running pid ' + str(pid) if pid else 'stopped'}")
+        code |= pid is None
+    return code
+
+
+def environ() -> dict[str, str]:
+    """Environment for a client of the local cluster: KUBECONFIG plus the S3 settings."""
+    return {"KUBECONFIG": str(KUBECONFIG), **s3.read_env(), **{k: v for k, v in os.environ.items()
+                                                               if k == "PATH"}}
