@@ -1,4 +1,4 @@
-"""kopf handlers: thin — they read the object, call builders and ensure_* functions, write status."""
+"""kopf handlers: thin — they hand the object to a reconcile function and post what it reports."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import kopf
 
-from kiln_operator import conditions, resources, settings
+from kiln_operator import models, resources, settings, trainingjobs
 
 CONFIG = settings.load()
 
@@ -20,6 +20,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev")
     settings.posting.level = logging.INFO
+    settings.execution.max_workers = 8
 
 
 @kopf.on.probe(id="ready")
@@ -27,12 +28,24 @@ def ready(**_) -> bool:
     return True
 
 
-@kopf.on.create(resources.TRAININGJOBS)
-def trainingjob_created(spec, meta, status, patch, logger, **_) -> None:
-    generation = meta.get("generation")
-    patch.status["phase"] = status.get("phase") or "Pending"
-    patch.status["observedGeneration"] = generation
-    patch.status["conditions"] = conditions.set_condition(
-        status.get("conditions"), "Succeeded", "Unknown", "Accepted",
-        f"run of {spec['algorithm']['name']} for model {spec['model']} accepted", generation)
-    logger.info("TrainingJob accepted for model %s", spec["model"])
+def _post(body, events) -> None:
+    for kind, reason, message in events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+
+@kopf.timer(resources.TRAININGJOBS, interval=2.0, initial_delay=0)
+def trainingjob(body, patch, **_) -> None:
+    status_patch, events = trainingjobs.reconcile(dict(body), CONFIG)
+    patch.status.update(status_patch)
+    _post(body, events)
+
+
+@kopf.timer(resources.MODELS, interval=3.0, initial_delay=0)
+def model(body, **_) -> None:
+    _post(body, models.reconcile(dict(body), CONFIG))
+
+
+@kopf.on.delete(resources.MODELS, when=lambda spec, **_: bool(spec.get("deleteArtifacts")))
+def model_deleted(body, logger, **_) -> None:
+    removed = models.delete_artifacts(dict(body), CONFIG)
+    logger.info("deleted %d artifact objects of Model %s", removed, body["metadata"]["name"])

@@ -16,6 +16,8 @@ from kiln_local.paths import BIN, KUBECONFIG, REPO, STATE
 ETCD_PORT = 23790
 API_PORT = int(os.environ.get("KILN_API_PORT", "16443"))
 API_URL = f"https://127.0.0.1:{API_PORT}"
+# Job.spec.ttlSecondsAfterFinished is alpha (off) in 1.20 and on by default from 1.21.
+FEATURE_GATES = "TTLAfterFinished=true"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 BUILT = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
@@ -95,7 +97,7 @@ def up() -> None:
         f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
         "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
         "--allow-privileged=true", "--enable-priority-and-fairness=false",
-        "--profiling=false", "--v=1",
+        "--profiling=false", "--v=1", f"--feature-gates={FEATURE_GATES}",
     ])
     procs.wait_for(_healthy, "kube-apiserver", 90, "kube-apiserver")
     kubeconfig = str(KUBECONFIG)
@@ -105,6 +107,7 @@ def up() -> None:
         "--use-service-account-credentials=true", "--leader-elect=false",
         "--port=0", "--secure-port=0", "--controllers=*,-nodeipam,-csrsigning,-bootstrapsigner,-tokencleaner",
         "--node-monitor-grace-period=40s", "--pod-eviction-timeout=5m", "--v=1",
+        f"--feature-gates={FEATURE_GATES}",
     ])
     procs.start("kube-scheduler", [
         binary("kube-scheduler"), f"--kubeconfig={kubeconfig}", "--leader-elect=false",

@@ -1,0 +1,101 @@
+"""The operator's view of storage: model cards (the registry's durable truth) and BYO artifacts."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from botocore.exceptions import ClientError
+
+from kiln_contract import MODEL_CARD, card, checksums, storage
+
+_VERSION_DIR = re.compile(r"/v(\d+)/$")
+
+
+def read_card(prefix: str) -> dict | None:
+    """The committed model card under a version prefix, or None while the version is unfinished."""
+    loc = storage.parse_s3(storage.card_uri(prefix))
+    try:
+        body = storage.s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+    return card.loads(body)
+
+
+def list_cards(storage_uri: str, model: str) -> dict[int, tuple[str, dict]]:
+    """Every committed version of a model in storage: {version: (prefix uri, card)}."""
+    base = storage.parse_s3(storage_uri).child(model)
+    s3 = storage.s3_client()
+    found: dict[int, tuple[str, dict]] = {}
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=base.bucket, Prefix=base.key + "/", Delimiter="/")
+    for page in pages:
+        for common in page.get("CommonPrefixes", []):
+            match = _VERSION_DIR.search(common["Prefix"])
+            if not match:
+                continue
+            prefix = f"s3://{base.bucket}/{common['Prefix'].rstrip('/')}"
+            found_card = read_card(prefix)
+            if found_card is not None:  # a prefix without a card is an unfinished upload
+                found[int(match.group(1))] = (prefix, found_card)
+    return found
+
+
+def fetch(uri: str, dest: Path) -> None:
+    """Download an external artifact (s3://, https://, file://) to dest."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        loc = storage.parse_s3(uri)
+        storage.s3_client().download_file(loc.bucket, loc.key, str(dest))
+    elif parsed.scheme == "file":
+        dest.write_bytes(Path(parsed.path).read_bytes())
+    elif parsed.scheme == "https":
+        with urllib.request.urlopen(uri, timeout=60) as resp, open(dest, "wb") as out:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+    else:
+        raise ValueError(f"unsupported artifact URI {uri!r}")
+
+
+def import_external(entry: dict, prefix: str, model: str, version: int, now: str) -> dict:
+    """Verify an external artifact's sha256, copy it under prefix with a model card; return the card.
+
+    Nothing is written to the version's prefix unless the checksum matches.
+    """
+    fmt = entry.get("format") or Path(urlparse(entry["uri"]).path).suffix.lstrip(".")
+    if fmt not in card.FORMAT_FILES:
+        raise ValueError(f"format {fmt!r} unknown; give one of {', '.join(card.FORMAT_FILES)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / card.FORMAT_FILES[fmt]
+        fetch(entry["uri"], local)
+        actual = checksums.sha256_file(local)
+        checksums.verify(entry["uri"], entry["sha256"], actual)
+        model_card = {
+            "metrics": entry.get("metrics") or {}, "gates": [], "params": {},
+            "artifacts": [{"file": local.name, "format": fmt, "sha256": actual, "bytes": local.stat().st_size}],
+            "dataset": {}, "features": {}, "libraries": {}, "spec": {"external": entry}, "timings": {},
+            "device": {}, "task": entry.get("task"), "source": "external", "model": model, "version": version,
+            "created": now,
+        }
+        s3 = storage.s3_client()
+        loc = storage.parse_s3(prefix)
+        s3.upload_file(str(local), loc.bucket, loc.child(local.name).key)
+        # The card goes last: it is the commit marker.
+        s3.put_object(Bucket=loc.bucket, Key=loc.child(MODEL_CARD).key, Body=card.dumps(model_card))
+    return model_card
+
+
+def delete_prefix(uri: str) -> int:
+    loc = storage.parse_s3(uri)
+    s3 = storage.s3_client()
+    removed = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key.rstrip("/") + "/"):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys})
+            removed += len(keys)
+    return removed
