@@ -1,0 +1,169 @@
+"""Reading the dataset a spec names: builtin:<name>, file://, s3:// or https://, as CSV or Parquet.
+
+The bytes read are hashed (sha256) so a version records exactly what it was trained on,
+and a `dataset.sha256` pin that does not match stops the run before training. Builtin
+datasets are hashed over a canonical CSV serialisation of their frame.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+
+from kiln_contract.checksums import sha256_bytes
+from kiln_trainer.errors import BadInput, DataUnavailable
+
+log = logging.getLogger(__name__)
+
+BUILTIN = ("iris", "wine", "breast_cancer", "digits", "diabetes")
+BUILTIN_TARGET = "target"
+HTTP_TIMEOUT = (5, 60)  # connect, read (seconds)
+HTTP_ATTEMPTS = 3
+
+
+@dataclass
+class Dataset:
+    frame: pd.DataFrame
+    uri: str
+    format: str
+    sha256: str
+    bytes: int
+    default_target: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+    def card(self) -> dict:
+        return {
+            "uri": self.uri, "format": self.format, "sha256": self.sha256, "bytes": self.bytes,
+            "rows": self.rows, "columns": [str(c) for c in self.frame.columns],
+        }
+
+
+def canonical_csv(frame: pd.DataFrame) -> bytes:
+    """The byte form a builtin frame is hashed in: header, no index, '\\n' line ends, repr floats."""
+    return frame.to_csv(index=False, lineterminator="\n").encode()
+
+
+def _builtin(name: str) -> pd.DataFrame:
+    from sklearn import datasets as skd
+
+    if name not in BUILTIN:
+        raise BadInput("spec.dataset.uri", f"unknown builtin dataset {name!r}; one of: {', '.join(BUILTIN)}")
+    loader = getattr(skd, f"load_{name}")
+    return loader(as_frame=True).frame  # shipped with scikit-learn: no network
+
+
+def infer_format(uri: str, declared: str | None) -> str:
+    if uri.startswith("builtin:"):
+        if declared not in (None, "builtin"):
+            raise BadInput("spec.dataset.format", f"a builtin: dataset has format builtin, not {declared}")
+        return "builtin"
+    if declared:
+        if declared == "builtin":
+            raise BadInput("spec.dataset.format", "format builtin needs a builtin:<name> uri")
+        return declared
+    path = urlparse(uri).path.lower()
+    if path.endswith((".csv", ".csv.gz", ".tsv")):
+        return "csv"
+    if path.endswith((".parquet", ".pq", ".parq")):
+        return "parquet"
+    raise BadInput("spec.dataset.format", f"cannot infer the format of {uri}; set csv or parquet")
+
+
+def _read_file(uri: str) -> bytes:
+    parsed = urlparse(uri)
+    path = Path(unquote(parsed.netloc + parsed.path))
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DataUnavailable(f"dataset {uri} does not exist") from exc
+    except OSError as exc:
+        raise DataUnavailable(f"cannot read dataset {uri}: {exc.strerror or exc}") from exc
+
+
+def _read_s3(uri: str) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from kiln_contract.storage import parse_s3, s3_client
+
+    loc = parse_s3(uri)
+    if not loc.key:
+        raise BadInput("spec.dataset.uri", f"{uri} names a bucket, not an object")
+    try:
+        obj = s3_client().get_object(Bucket=loc.bucket, Key=loc.key)
+        return obj["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise DataUnavailable(f"cannot read dataset {uri}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise DataUnavailable(f"cannot reach S3 for dataset {uri}: {exc}") from exc
+
+
+def _read_https(uri: str) -> bytes:
+    import requests
+
+    last = None
+    for attempt in range(HTTP_ATTEMPTS):
+        try:
+            resp = requests.get(uri, timeout=HTTP_TIMEOUT)
+        except requests.RequestException as exc:
+            last = f"{type(exc).__name__}"
+        else:
+            if resp.status_code == 200:
+                return resp.content
+            last = f"HTTP {resp.status_code}"
+            if resp.status_code < 500 and resp.status_code != 429:
+                break  # 4xx: asking again will not help
+        if attempt + 1 < HTTP_ATTEMPTS:
+            time.sleep(0.5 * 2**attempt)
+    raise DataUnavailable(f"cannot fetch dataset {uri}: {last}")
+
+
+def read_bytes(uri: str) -> bytes:
+    if uri.startswith("file://"):
+        return _read_file(uri)
+    if uri.startswith("s3://"):
+        return _read_s3(uri)
+    if uri.startswith("https://"):
+        return _read_https(uri)
+    raise BadInput("spec.dataset.uri", f"unsupported scheme in {uri}")
+
+
+def parse_bytes(data: bytes, fmt: str, uri: str) -> pd.DataFrame:
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(io.BytesIO(data))
+        path = urlparse(uri).path.lower()
+        compression = "gzip" if path.endswith(".gz") else None
+        sep = "\t" if path.endswith(".tsv") else ","
+        return pd.read_csv(io.BytesIO(data), compression=compression, sep=sep)
+    except Exception as exc:  # pandas/pyarrow raise many types for malformed input
+        raise BadInput("spec.dataset", f"{uri} is not readable as {fmt}: {type(exc).__name__}: {exc}") from exc
+
+
+def load(dataset_spec: dict) -> Dataset:
+    uri = dataset_spec["uri"]
+    fmt = infer_format(uri, dataset_spec.get("format"))
+    if fmt == "builtin":
+        frame = _builtin(uri.split(":", 1)[1])
+        data = canonical_csv(frame)
+        ds = Dataset(frame, uri, fmt, sha256_bytes(data), len(data), default_target=BUILTIN_TARGET)
+    else:
+        data = read_bytes(uri)
+        frame = parse_bytes(data, fmt, uri)
+        ds = Dataset(frame, uri, fmt, sha256_bytes(data), len(data))
+    pin = dataset_spec.get("sha256")
+    if pin and pin.lower() != ds.sha256:
+        raise BadInput("spec.dataset.sha256", f"pin {pin} does not match the data read from {uri} ({ds.sha256})")
+    if ds.rows == 0:
+        raise BadInput("spec.dataset", f"{uri} holds no rows")
+    log.info("dataset %s: %d rows, %d columns, sha256 %s", uri, ds.rows, ds.frame.shape[1], ds.sha256)
+    return ds
