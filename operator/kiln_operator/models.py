@@ -13,7 +13,8 @@ MODELS = "models"
 
 
 def storage_of(model: dict, cfg: Settings) -> str:
-    return (model.get("spec") or {}).get("storage") or cfg.storage
+    """spec.storage, else the operator's default per namespace (same-named Models never collide)."""
+    return (model.get("spec") or {}).get("storage") or f"{cfg.storage.rstrip('/')}/{model['metadata']['namespace']}"
 
 
 def versions_in_use(namespace: str, model: str) -> set[int]:

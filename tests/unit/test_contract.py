@@ -1,6 +1,7 @@
 """The shared artifact contract: spec validation against the CRDs, storage URIs, cards, checksums."""
 
 import pytest
+
 from kiln_contract import card, checksums, spec, storage
 
 VALID = {"model": "iris", "dataset": {"uri": "builtin:iris"}, "algorithm": {"name": "random_forest"}}

@@ -64,6 +64,19 @@ def stop(name: str, grace: float = 10.0) -> bool:
     return True
 
 
+def kill(name: str) -> bool:
+    """SIGKILL, no grace: for tests that crash a component on purpose."""
+    pid = running(name)
+    pidfile(name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
