@@ -1,0 +1,150 @@
+"""Command-line flags, each also settable from the environment (the operator configures pods by env).
+
+A flag on the command line wins over its variable; the variable wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Config:
+    model_uri: str
+    name: str
+    port: int = 8080
+    host: str = "127.0.0.1"
+    workers: int = 1
+    version: str = ""
+    expected_sha256: str = ""
+    allow_unsafe_formats: bool = False
+    runtime: str = ""  # "" = onnx where the card lists an ONNX artifact, else sklearn
+    cache_dir: str = ""  # "" = a fresh directory under the temp dir
+    max_body_bytes: int = 8 * 1024 * 1024
+    batch_max_size: int = 32
+    batch_max_latency_ms: float = 1.0
+    graceful_timeout_s: float = 25.0
+    log_level: str = "info"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls(**json.loads(text))
+
+
+# Field -> variable, where the variable's name is not KILN_<FIELD>.
+_ENV = {
+    "model_uri": "KILN_MODEL_URI",
+    "name": "KILN_MODEL_NAME",
+    "version": "KILN_MODEL_VERSION",
+}
+
+
+def _bool(text: str) -> bool | None:
+    low = text.strip().lower()
+    if low in TRUE:
+        return True
+    if low in FALSE:
+        return False
+    return None
+
+
+def version_from_uri(uri: str) -> str:
+    """The version number in a registry path such as s3://b/models/iris/v3 -> "3"; "1" otherwise."""
+    last = uri.rstrip("/").rsplit("/", 1)[-1]
+    match = re.fullmatch(r"v(\d+)", last)
+    return match.group(1) if match else "1"
+
+
+def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+
+    def default(field: str, fallback=None):
+        var = _ENV.get(field, f"KILN_{field.upper()}")
+        return env.get(var, fallback)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kiln_server",
+        description="Serve one Kiln model version over the Open Inference Protocol (V2) and KServe V1.",
+    )
+    parser.add_argument("--model", dest="model_uri", default=default("model_uri"),
+                        help="version directory: a local path or an s3:// prefix [KILN_MODEL_URI]")
+    parser.add_argument("--name", default=default("name"), help="model name in the URLs [KILN_MODEL_NAME]")
+    parser.add_argument("--port", type=int, default=default("port", "8080"), help="[KILN_PORT] (8080)")
+    parser.add_argument("--host", default=default("host", "127.0.0.1"), help="[KILN_HOST] (127.0.0.1)")
+    parser.add_argument("--workers", type=int, default=default("workers", "1"),
+                        help="worker processes, one inference thread each [KILN_WORKERS] (1)")
+    parser.add_argument("--version", default=default("version", ""),
+                        help="version served; from the URI's v<N> when absent [KILN_MODEL_VERSION]")
+    parser.add_argument("--expected-sha256", default=default("expected_sha256", ""),
+                        help="refuse to start unless the artifact has this sha256 [KILN_EXPECTED_SHA256]")
+    parser.add_argument("--allow-unsafe-formats", action="store_true", default=None,
+                        help="allow joblib/pickle artifacts, which run code when loaded [KILN_ALLOW_UNSAFE_FORMATS]")
+    parser.add_argument("--runtime", choices=["onnx", "sklearn", ""], default=default("runtime", ""),
+                        help="inference runtime; onnx where the card lists an ONNX artifact [KILN_RUNTIME]")
+    parser.add_argument("--cache-dir", default=default("cache_dir", ""),
+                        help="where s3:// artifacts are downloaded [KILN_CACHE_DIR] (a temp dir)")
+    parser.add_argument("--max-body-bytes", type=int, default=default("max_body_bytes", str(8 << 20)),
+                        help="largest request body; larger ones get 413 [KILN_MAX_BODY_BYTES] (8 MiB)")
+    parser.add_argument("--batch-max-size", type=int, default=default("batch_max_size", "32"),
+                        help="most rows in one micro-batch [KILN_BATCH_MAX_SIZE] (32)")
+    parser.add_argument("--batch-max-latency-ms", type=float, default=default("batch_max_latency_ms", "1"),
+                        help="longest a queued request waits for its batch to fill [KILN_BATCH_MAX_LATENCY_MS] (1)")
+    parser.add_argument("--graceful-timeout-s", type=float, default=default("graceful_timeout_s", "25"),
+                        help="on SIGTERM, how long in-flight requests may take [KILN_GRACEFUL_TIMEOUT_S] (25)")
+    parser.add_argument("--log-level", default=default("log_level", "info"),
+                        choices=["critical", "error", "warning", "info", "debug"], help="[KILN_LOG_LEVEL]")
+    args = parser.parse_args(argv)
+
+    if args.allow_unsafe_formats is None:
+        text = default("allow_unsafe_formats", "false")
+        args.allow_unsafe_formats = _bool(text)
+        if args.allow_unsafe_formats is None:
+            parser.error(f"KILN_ALLOW_UNSAFE_FORMATS={text!r} is not a boolean (true/false)")
+
+    if not args.model_uri:
+        parser.error("--model (or KILN_MODEL_URI) is required")
+    if not args.name:
+        parser.error("--name (or KILN_MODEL_NAME) is required")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not a TCP port")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.max_body_bytes < 1:
+        parser.error("--max-body-bytes must be positive")
+    if args.batch_max_size < 1:
+        parser.error("--batch-max-size must be at least 1")
+    if args.batch_max_latency_ms < 0:
+        parser.error("--batch-max-latency-ms must not be negative")
+    sha = args.expected_sha256.strip().lower()
+    if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        parser.error(f"--expected-sha256 {args.expected_sha256!r} is not 64 hex digits")
+    if "/" in args.name or not args.name.strip():
+        parser.error(f"--name {args.name!r} must be a non-empty name without '/'")
+
+    return Config(
+        model_uri=args.model_uri,
+        name=args.name,
+        port=args.port,
+        host=args.host,
+        workers=args.workers,
+        version=args.version or version_from_uri(args.model_uri),
+        expected_sha256=sha,
+        allow_unsafe_formats=args.allow_unsafe_formats,
+        runtime=args.runtime,
+        cache_dir=args.cache_dir,
+        max_body_bytes=args.max_body_bytes,
+        batch_max_size=args.batch_max_size,
+        batch_max_latency_ms=args.batch_max_latency_ms,
+        graceful_timeout_s=args.graceful_timeout_s,
+        log_level=args.log_level,
+    )

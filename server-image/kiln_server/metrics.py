@@ -1,0 +1,242 @@
+"""Prometheus metrics: request counts and latency, concurrency, batch sizes, model info, input drift.
+
+    kiln_inference_requests_total{model,version,code}        counter, every inference request
+    kiln_inference_request_duration_seconds{model,version}   histogram, request received -> answered
+    kiln_inference_in_flight{model,version}                  gauge, requests being served now
+    kiln_inference_batch_size{model,version}                 histogram, rows per model call
+    kiln_model_info{model,version,runtime,sha256}            gauge, always 1
+    kiln_feature_value{model,version,feature}                histogram per numeric feature, with the
+                                                             buckets (le) at the training histogram's bin
+                                                             edges from the model card, for drift (PSI)
+    kiln_feature_missing_total{model,version,feature}        counter, missing (NaN/null) inputs
+
+With several worker processes, prometheus_client's multiprocess mode aggregates the
+standard metrics (PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is
+imported; __main__ does that). Feature histograms are kept in numpy per process (folding
+one request's 30 values into 30 histograms through the client library would cost more than
+the inference) and each worker writes a snapshot next to the multiprocess files once a
+second; /metrics sums the snapshots.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import threading
+import time
+
+import numpy as np
+
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+FOLD_ROWS = 2048
+
+
+def training_edges(card: dict, feature: str) -> list[float]:
+    """Bin edges of a feature's training histogram in the card (features.distributions), or []."""
+    dists = (card.get("features") or {}).get("distributions") or {}
+    dist = dists.get(feature) if isinstance(dists, dict) else None
+    for _ in range(2):
+        if not isinstance(dist, dict):
+            return []
+        for key in ("edges", "bin_edges", "bins"):
+            edges = dist.get(key)
+            if isinstance(edges, list) and len(edges) >= 2 and all(
+                isinstance(e, int | float) and not isinstance(e, bool) for e in edges
+            ):
+                arr = np.unique(np.asarray(edges, dtype=np.float64))
+                return [float(e) for e in arr if np.isfinite(e)]
+        dist = dist.get("histogram")
+    return []
+
+
+class FeatureStats:
+    """Per-feature histograms over the numeric inputs actually served, accumulated in numpy."""
+
+    def __init__(self, names: list[str], columns: list[int], edges: list[list[float]]):
+        self.names = names  # numeric feature names
+        self.columns = columns  # their positions among all features
+        self.edges = [np.asarray(e, dtype=np.float64) for e in edges]
+        self.counts = [np.zeros(len(e) + 1, dtype=np.int64) for e in edges]
+        self.sums = np.zeros(len(names), dtype=np.float64)
+        self.missing = np.zeros(len(names), dtype=np.int64)
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.dirty = False
+        self.lock = threading.Lock()
+
+    def add(self, x) -> None:
+        if not self.names:
+            return
+        if isinstance(x, np.ndarray):
+            m = x
+        else:
+            m = np.column_stack([x[j] for j in self.columns])
+        with self.lock:
+            self.pending.append(m)
+            self.pending_rows += len(m)
+            self.dirty = True
+        if self.pending_rows >= FOLD_ROWS:
+            self.fold()
+
+    def fold(self) -> None:
+        with self.lock:
+            if not self.pending:
+                return
+            m = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending = []
+            self.pending_rows = 0
+        if m.shape[1] != len(self.names):
+            m = m[:, self.columns]
+        m = m.astype(np.float64, copy=False)
+        nan = np.isnan(m)
+        self.missing += nan.sum(axis=0)
+        for k, edges in enumerate(self.edges):
+            col = m[:, k]
+            if nan[:, k].any():
+                col = col[~nan[:, k]]
+            self.sums[k] += col.sum()
+            if len(edges):
+                self.counts[k] += np.bincount(np.searchsorted(edges, col, side="left"), minlength=len(edges) + 1)
+            else:
+                self.counts[k][0] += len(col)
+
+    def snapshot(self) -> dict:
+        self.fold()
+        return {
+            name: {"edges": self.edges[k].tolist(), "counts": self.counts[k].tolist(),
+                   "sum": float(self.sums[k]), "missing": int(self.missing[k])}
+            for k, name in enumerate(self.names)
+        }
+
+
+def merge(snapshots: list[dict]) -> dict:
+    out: dict = {}
+    for snap in snapshots:
+        for name, st in snap.items():
+            cur = out.get(name)
+            if cur is None or cur["edges"] != st["edges"]:
+                if cur is None:
+                    out[name] = {**st, "counts": list(st["counts"])}
+                continue
+            cur["counts"] = [a + b for a, b in zip(cur["counts"], st["counts"], strict=True)]
+            cur["sum"] += st["sum"]
+            cur["missing"] += st["missing"]
+    return out
+
+
+class FeatureCollector:
+    """Exposes merged FeatureStats snapshots as a histogram family with per-feature buckets."""
+
+    def __init__(self, model: str, version: str, source):
+        self.model = model
+        self.version = version
+        self.source = source  # () -> {feature: {"edges", "counts", "sum", "missing"}}
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        labels = ["model", "version", "feature"]
+        hist = HistogramMetricFamily(
+            "kiln_feature_value", "Numeric input values per feature, bucketed at the training histogram's "
+            "bin edges from the model card (for drift detection).", labels=labels,
+        )
+        missing = CounterMetricFamily("kiln_feature_missing", "Inputs received missing (null/NaN) per feature.",
+                                      labels=labels)
+        for name, st in self.source().items():
+            cum = np.cumsum(st["counts"]).tolist()
+            buckets = [(floatToGoString(e), cum[i]) for i, e in enumerate(st["edges"])]
+            buckets.append(("+Inf", cum[-1]))
+            hist.add_metric([self.model, self.version, name], buckets, st["sum"])
+            missing.add_metric([self.model, self.version, name], st["missing"])
+        yield hist
+        yield missing
+
+
+class Metrics:
+    def __init__(self, model: str, version: str, runtime: str, sha256: str, card: dict, schema):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # *_created series: noise for the operator, absent in multiprocess mode
+        self.multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.registry = CollectorRegistry()
+        labels = ["model", "version"]
+        reg = self.registry
+        self.requests = Counter("kiln_inference_requests", "Inference requests by HTTP status code.",
+                                labels + ["code"], registry=reg)
+        self.duration = Histogram("kiln_inference_request_duration_seconds",
+                                  "Time from receiving an inference request to answering it.", labels,
+                                  buckets=DURATION_BUCKETS, registry=reg).labels(model, version)
+        self.in_flight = Gauge("kiln_inference_in_flight", "Inference requests being served now.", labels,
+                               multiprocess_mode="livesum", registry=reg).labels(model, version)
+        self.batch_size = Histogram("kiln_inference_batch_size", "Rows per model invocation.", labels,
+                                    buckets=BATCH_BUCKETS, registry=reg).labels(model, version)
+        info = Gauge("kiln_model_info", "The model served (always 1).", labels + ["runtime", "sha256"],
+                     multiprocess_mode="max", registry=reg)
+        info.labels(model, version, runtime, sha256).set(1)
+        self._codes: dict[int, object] = {}
+        self._model, self._version = model, version
+
+        numeric = schema.numeric_indices
+        names = [schema.names[j] for j in numeric]
+        self.features = FeatureStats(names, numeric, [training_edges(card, n) for n in names])
+        self._snapshot_path = None
+        if self.multiproc_dir:
+            from prometheus_client import multiprocess
+
+            self._snapshot_path = os.path.join(self.multiproc_dir, f"kiln_features_{os.getpid()}.json")
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition)
+            self.exposition.register(FeatureCollector(model, version, self._merged_snapshots))
+        else:
+            self.exposition = self.registry
+            self.registry.register(FeatureCollector(model, version, self.features.snapshot))
+        self._last_write = 0.0
+
+    def request(self, code: int, seconds: float) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self.requests.labels(self._model, self._version, str(code))
+        child.inc()
+        self.duration.observe(seconds)
+
+    def batch(self, x, rows: int) -> None:
+        self.batch_size.observe(rows)
+        self.features.add(x)
+
+    # -- multiprocess feature snapshots --
+    def write_snapshot(self, force: bool = False) -> None:
+        if self._snapshot_path is None or not (self.features.dirty or force):
+            return
+        self.features.dirty = False
+        data = json.dumps(self.features.snapshot()).encode()
+        tmp = f"{self._snapshot_path}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self._snapshot_path)
+        self._last_write = time.monotonic()
+
+    def _merged_snapshots(self) -> dict:
+        self.write_snapshot()
+        snaps = []
+        for path in sorted(glob.glob(os.path.join(self.multiproc_dir, "kiln_features_*.json"))):
+            try:
+                with open(path, "rb") as fh:
+                    snaps.append(json.loads(fh.read()))
+            except (OSError, ValueError):
+                continue
+        return merge(snaps)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.exposition), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        self.write_snapshot()
+        if self.multiproc_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
