@@ -262,6 +262,8 @@ def _train(spec: dict, staging: Path) -> Result:
             "distributions": distributions.profile(X_train, layout),
             "target": cleaned.target,
             "classes": classes,
+            # how a caller marks a missing raw value (both runtimes; imputed when cleaning.missing imputes)
+            "missing": {"numeric": "NaN", "categorical": preprocessing.MISSING_CATEGORY},
         },
         "evaluation": {"trainRows": int(len(X_train)), "testRows": int(len(X_test)),
                        "confusionMatrix": confusion, "allMetrics": all_metrics},
