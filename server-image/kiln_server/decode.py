@@ -125,8 +125,13 @@ def typed_values(data, datatype: str, what: str, float_dtype) -> np.ndarray:
             if not np.all(np.isfinite(a)) or not np.all(a == np.trunc(a)):
                 raise ClientError(422, f"{what}: datatype {datatype} but data holds non-integer numbers")
             return a.astype(float_dtype)
-        if kind == "O" and any(v is None for v in a.reshape(-1).tolist()):
-            raise ClientError(422, f"{what}: datatype {datatype} cannot hold null; use FP32 for missing values")
+        if kind == "O":
+            for k, v in enumerate(a.reshape(-1).tolist()):
+                if v is None:
+                    raise ClientError(422, f"{what}: element {k} is null; datatype {datatype} cannot hold "
+                                      "missing values (use FP32)")
+                if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+                    raise ClientError(422, f"{what}: element {k} ({v}) does not fit in 64 bits")
         raise ClientError(422, f"{what}: datatype {datatype} but data holds {_kind_name(kind)}")
     if datatype == "BOOL":
         if kind == "b":

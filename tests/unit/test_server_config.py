@@ -1,0 +1,48 @@
+"""Flags and their environment variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln_server.config import Config, parse, version_from_uri
+
+
+def test_flags_from_env_and_flags_winning():
+    env = {"KILN_MODEL_URI": "s3://b/models/iris/v3", "KILN_MODEL_NAME": "iris", "KILN_PORT": "9000",
+           "KILN_WORKERS": "4", "KILN_ALLOW_UNSAFE_FORMATS": "true", "KILN_RUNTIME": "sklearn",
+           "KILN_BATCH_MAX_LATENCY_MS": "0.5", "KILN_EXPECTED_SHA256": "AB" * 32}
+    cfg = parse([], env)
+    assert (cfg.model_uri, cfg.name, cfg.port, cfg.workers) == ("s3://b/models/iris/v3", "iris", 9000, 4)
+    assert cfg.allow_unsafe_formats and cfg.runtime == "sklearn" and cfg.batch_max_latency_ms == 0.5
+    assert cfg.version == "3" and cfg.expected_sha256 == "ab" * 32
+    cfg = parse(["--port", "8081", "--version", "7", "--name", "other"], env)
+    assert (cfg.port, cfg.version, cfg.name) == (8081, "7", "other")
+    assert Config.from_json(cfg.to_json()) == cfg
+
+
+def test_defaults():
+    cfg = parse(["--model", "/m", "--name", "n"], {})
+    assert (cfg.host, cfg.port, cfg.workers, cfg.version, cfg.runtime) == ("127.0.0.1", 8080, 1, "1", "")
+    assert cfg.max_body_bytes == 8 << 20 and not cfg.allow_unsafe_formats
+
+
+@pytest.mark.parametrize("argv, env", [
+    ([], {}),
+    (["--model", "/m"], {}),
+    (["--model", "/m", "--name", "n", "--workers", "0"], {}),
+    (["--model", "/m", "--name", "n"], {"KILN_ALLOW_UNSAFE_FORMATS": "maybe"}),
+    (["--model", "/m", "--name", "n", "--expected-sha256", "123"], {}),
+    (["--model", "/m", "--name", "a/b"], {}),
+    (["--model", "/m", "--name", "n", "--runtime", "torch"], {}),
+])
+def test_bad_configuration_is_a_usage_error(argv, env):
+    with pytest.raises(SystemExit) as info:
+        parse(argv, env)
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("uri, version", [
+    ("s3://b/p/iris/v12", "12"), ("s3://b/p/iris/v12/", "12"), ("/tmp/model", "1"), ("/x/v1beta", "1"),
+])
+def test_version_from_uri(uri, version):
+    assert version_from_uri(uri) == version
