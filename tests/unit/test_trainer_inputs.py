@@ -267,3 +267,63 @@ def test_cpu_count_from_resources():
     assert algorithms.cpu_count({"cpu": "500m"}) == 1
     assert algorithms.cpu_count({"cpu": "2500m"}) == 2
     assert algorithms.cpu_count({"cpu": "4"}) == 4
+
+
+# ---- https (requests stubbed: no network here) ------------------------------------------------
+
+class _Response:
+    def __init__(self, status, content=b""):
+        self.status_code = status
+        self.content = content
+
+
+def test_https_dataset_is_fetched_with_a_timeout_and_retried_on_5xx(monkeypatch):
+    import requests
+
+    calls = []
+    replies = [_Response(503), _Response(200, b"a,b\n1,x\n2,y\n")]
+
+    def fake_get(url, timeout):
+        calls.append((url, timeout))
+        return replies.pop(0)
+
+    monkeypatch.setattr(requests, "get", fake_get)
+    monkeypatch.setattr(datasets.time, "sleep", lambda s: None)
+    ds = datasets.load({"uri": "https://data.example/t.csv"})
+    assert ds.rows == 2 and ds.sha256 == sha256_bytes(b"a,b\n1,x\n2,y\n")
+    assert len(calls) == 2 and calls[0][1] == datasets.HTTP_TIMEOUT
+
+
+def test_https_404_is_data_unavailable_without_retry(monkeypatch):
+    import requests
+
+    calls = []
+    monkeypatch.setattr(requests, "get", lambda url, timeout: calls.append(url) or _Response(404))
+    with pytest.raises(DataUnavailable, match="HTTP 404"):
+        datasets.load({"uri": "https://data.example/missing.parquet"})
+    assert len(calls) == 1
+
+
+def test_operator_source_env_is_recorded(monkeypatch):
+    monkeypatch.setenv("KILN_TRAININGJOB", "iris-rf")
+    monkeypatch.setenv("KILN_MODEL_VERSION", "7")
+    monkeypatch.delenv("KILN_RUN", raising=False)
+    assert training._source() == {"trainingJob": "iris-rf", "modelVersion": 7}
+
+
+# ---- sample specs ------------------------------------------------------------------------------
+
+def test_example_specs_validate_and_pass_the_precheck():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    paths = sorted((root / "specs").glob("*.*")) + sorted(root.glob("*.yaml"))
+    checked = 0
+    for path in paths:
+        text = path.read_text()
+        if path.parent == root and "kind: TrainingJob" not in text:
+            continue
+        spec = specfile.validate(specfile.load(str(path)))
+        training.precheck(spec)
+        checked += 1
+    assert checked >= 3

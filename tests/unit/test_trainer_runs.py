@@ -215,7 +215,8 @@ def test_mixed_onnx_serves_raw_columns_like_the_pipeline(mixed):
 # ---- regression, search, gates, xgboost -------------------------------------------------------
 
 def test_diabetes_regression(tmp_path):
-    spec = {"model": "diabetes", "dataset": {"uri": "builtin:diabetes"}, "features": {"scaling": "robust"},
+    spec = {"model": "diabetes", "dataset": {"uri": "builtin:diabetes"},
+            "features": {"scaling": "robust", "polynomialDegree": 2},
             "algorithm": {"name": "ridge", "params": {"alpha": 0.5}},
             "evaluation": {"gates": [{"metric": "r2", "op": ">", "value": 0.3},
                                      {"metric": "rmse", "op": "<", "value": 70}]}}
@@ -226,6 +227,10 @@ def test_diabetes_regression(tmp_path):
     assert card["metrics"]["mae"] < card["metrics"]["rmse"]
     assert card["features"]["classes"] is None and card["params"]["alpha"] == 0.5
     assert card["signature"]["outputs"] == {"label": "variable"}
+    assert card["signature"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 10]}]
+    assert card["export"]["onnx"]["parity"]["passed"]  # polynomial terms included
+    pipe = joblib.load(tmp_path / "out" / "model.joblib")
+    assert pipe.steps[-1][1].coef_.shape == (65,)  # 10 features + 10 squares + 45 products
     assert summary["mainMetric"].startswith("r2=") and summary["gatesPassed"] is True
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Residuals" in page
@@ -281,6 +286,7 @@ def test_xgboost_cpu_with_gpu_requested_and_string_labels(tmp_path):
     assert card["params"]["device"] == "cpu" and card["params"]["n_estimators"] == 8
     assert card["libraries"]["xgboost"] == "3.2.0"
     assert card["features"]["classes"] == ["no", "yes"]
+    assert 0.5 < card["metrics"]["roc_auc"] <= 1.0 and card["metrics"]["accuracy"] > 0.8
     onnx = card["export"]["onnx"]
     assert onnx["status"] == "ok" and onnx["parity"]["labelMismatches"] == 0, onnx
     # the ONNX graph answers with the real labels, not xgboost's class indices

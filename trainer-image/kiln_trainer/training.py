@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import time
 import warnings
@@ -275,6 +276,7 @@ def _train(spec: dict, staging: Path) -> Result:
     }
     if signature:
         card["signature"] = signature
+    card.update(_source())
 
     with timings.phase("report"):
         names = preprocessing.transformed_names(pipeline.steps[0][1], layout)
@@ -285,6 +287,17 @@ def _train(spec: dict, staging: Path) -> Result:
 
     files = [a["file"] for a in artifacts] + [REPORT]
     return Result(card, files, warn)
+
+
+# Set by the operator on the training pod; recorded so a card found in S3 names its origin.
+SOURCE_ENV = {"trainingJob": "KILN_TRAININGJOB", "run": "KILN_RUN", "modelVersion": "KILN_MODEL_VERSION"}
+
+
+def _source() -> dict:
+    out = {key: os.environ[env] for key, env in SOURCE_ENV.items() if os.environ.get(env)}
+    if "modelVersion" in out and out["modelVersion"].isdigit():
+        out["modelVersion"] = int(out["modelVersion"])
+    return out
 
 
 def _params(model) -> dict:
