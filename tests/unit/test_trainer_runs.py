@@ -339,3 +339,25 @@ def test_unexpected_error_exits_1_and_message_is_capped(tmp_path):
         code, summary, card, _ = train(spec, tmp_path / "out", tmp_path)
     assert code == 1 and summary["reason"] == "Error" and card is None
     assert summary["message"].startswith("RuntimeError: boom") and len(json.dumps(summary)) < 1024
+
+
+def test_sigterm_ends_the_run_with_a_failed_summary_even_inside_a_search(tmp_path):
+    import signal
+    import time
+
+    def fit_that_gets_killed(*args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Exception:  # what scikit-learn's search does with a failing fit: record it, go on
+            pass
+        raise AssertionError("SIGTERM was swallowed")
+
+    before = signal.getsignal(signal.SIGTERM)
+    spec = {"model": "iris", "dataset": {"uri": "builtin:iris"}, "algorithm": {"name": "decision_tree"}}
+    with mock.patch("kiln_trainer.training._train", side_effect=fit_that_gets_killed):
+        code, summary, card, _ = train(spec, tmp_path / "out", tmp_path)
+    assert code == 1 and card is None
+    assert summary == {"status": "Failed", "reason": "Error",
+                       "message": "terminated by SIGTERM (deadline passed or pod deleted)"}
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored

@@ -80,8 +80,13 @@ def run(args) -> dict:
     return summary.succeeded(result.card, output.uri, durations)
 
 
-class Terminated(TrainerError):
-    """SIGTERM: the Job's deadline passed or the pod is being deleted."""
+class Terminated(BaseException):
+    """SIGTERM: the Job's deadline passed or the pod is being deleted. A BaseException, so that
+    no `except Exception` on the way (scikit-learn's search records failed fits and goes on)
+    swallows it."""
+
+    reason = "Error"
+    exit_code = 1
 
 
 def _on_sigterm(signum, frame):
@@ -90,21 +95,25 @@ def _on_sigterm(signum, frame):
 
 def main(argv: list[str] | None = None, stdout=None) -> int:
     args = parser().parse_args(argv)
-    with contextlib.suppress(ValueError):  # only the main thread may set handlers
-        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = stdout or sys.stdout
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     code = 0
     try:
         # Libraries that print would break the one-line contract of stdout: send them to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             line = run(args)
-    except TrainerError as exc:
+    except (TrainerError, Terminated) as exc:
         log.error("%s: %s", exc.reason, exc)
         line, code = summary.failed(exc.reason, str(exc)), exc.exit_code
     except Exception as exc:  # the summary must be written whatever happened
         log.exception("training failed")
         line, code = summary.failed("Error", f"{type(exc).__name__}: {exc}"), 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     summary.emit(line, out)
     return code
