@@ -101,7 +101,7 @@ def _external(model: dict, index: int, entry: dict, store: str) -> list[tuple[st
     if existing and existing["state"] != "Pending":
         return []
     version = kube.update_status(MODELS, ns, name,
-                                 lambda st, obj: registry.reserve(st, run, "", conditions.now()))
+                                 lambda st, obj: registry.reserve(st, run, None, conditions.now()))
     prefix = storage.version_prefix(store, name, version)
     field = f"spec.versions[{index}]"
     try:

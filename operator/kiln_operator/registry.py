@@ -29,8 +29,10 @@ def reserve(status: dict, run: str, training_job: str, now: str) -> tuple[dict, 
         if v.get("run") == run:
             return status, v["version"]
     number = max([v["version"] for v in versions(status)] + [status.get("latestVersion") or 0]) + 1
-    versions(status).append({"version": number, "state": "Pending", "run": run, "trainingJob": training_job,
-                             "created": now})
+    entry = {"version": number, "state": "Pending", "run": run, "created": now}
+    if training_job:  # the API server turns "" into null, which the schema refuses
+        entry["trainingJob"] = training_job
+    versions(status).append(entry)
     return status, number
 
 
@@ -50,7 +52,7 @@ def commit(status: dict, version: int, card: dict, uri: str, now: str) -> dict:
         return status
     primary = cards.artifact(card, "onnx") or (card["artifacts"][0] if card["artifacts"] else {})
     dataset = card.get("dataset") or {}
-    entry.update({
+    facts = {
         "state": "Registered" if cards.gates_passed(card) else "Rejected",
         "uri": uri,
         "formats": sorted({a["format"] for a in card["artifacts"]}),
@@ -63,7 +65,8 @@ def commit(status: dict, version: int, card: dict, uri: str, now: str) -> dict:
         "libraries": card.get("libraries", {}),
         "task": card.get("task"),
         "committed": now,
-    })
+    }
+    entry.update({k: v for k, v in facts.items() if v is not None})
     if not entry.get("trainingJob") and card.get("trainingJob"):
         entry["trainingJob"] = card["trainingJob"]
     status["versions"] = sorted(versions(status), key=lambda v: v["version"])
