@@ -83,6 +83,19 @@ def test_precheck_names_unknown_gate_metric_and_unknown_param():
     assert "n_estimators" in str(err.value) and "max_depth" in str(err.value)
 
 
+def test_precheck_refuses_a_bad_search_before_reading_data():
+    spec = specfile.validate({**BARE, "dataset": {"uri": "file:///nonexistent/data.csv", "target": "y"},
+                              "search": {"space": {"max_depth": [2, 3]}, "metric": "acuracy"}})
+    with pytest.raises(BadInput) as err:
+        training.precheck(spec)
+    assert err.value.field == "spec.search.metric"
+    spec["search"] = {"space": {"max_depht": [2]}}
+    spec["algorithm"]["task"] = "classification"
+    with pytest.raises(BadInput) as err:
+        training.precheck(spec)
+    assert err.value.field == "spec.search.space.max_depht"
+
+
 def test_gate_metric_must_fit_the_task():
     with pytest.raises(BadInput) as err:
         evaluation.check_names({"gates": [{"metric": "rmse", "op": "<", "value": 3}]}, "classification")

@@ -68,6 +68,11 @@ def precheck(spec: dict) -> None:
     if task:
         algorithms.estimator_class(algo["name"], task)
         algorithms.check_param_names(algo["name"], task, params)
+    if spec.get("search"):
+        if spec["search"].get("metric"):
+            search.scorer_for(spec["search"]["metric"], task or CLASSIFICATION, 2)
+        if task:
+            search.parse_space(spec["search"], algo["name"], task, params)
 
 
 def prepare_target(y: pd.Series, task: str) -> pd.Series:
