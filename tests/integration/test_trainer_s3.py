@@ -18,14 +18,19 @@ from kiln_contract.storage import parse_s3, s3_client
 pytestmark = pytest.mark.integration
 
 
-def run_trainer(spec: dict, output: str, tmp_path, timeout: int = 120):
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(json.dumps({"apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingJob",
-                                     "metadata": {"name": "t"}, "spec": spec}))
+def run_trainer(spec: dict, output: str, tmp_path, timeout: int = 120, via_env: bool = False):
+    """The trainer as the operator runs it: spec in $KILN_SPEC (via_env), else a manifest file."""
     term = tmp_path / "termination-log"
     env = {**os.environ, "KILN_TERMINATION_LOG": str(term)}
-    proc = subprocess.run([sys.executable, "-m", "kiln_trainer", "--spec", str(spec_path), "--output", output],
-                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    args = [sys.executable, "-m", "kiln_trainer", "--output", output]
+    if via_env:
+        env["KILN_SPEC"] = json.dumps(spec)
+    else:
+        spec_path = tmp_path / "spec.yaml"
+        spec_path.write_text(json.dumps({"apiVersion": "kiln.dev/v1alpha1", "kind": "TrainingJob",
+                                         "metadata": {"name": "t"}, "spec": spec}))
+        args += ["--spec", str(spec_path)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, (proc.stdout, proc.stderr[-2000:])
     summary = json.loads(lines[0])
@@ -70,7 +75,7 @@ def test_dataset_read_from_s3_is_hashed_and_pinned(s3_env, s3_prefix, tmp_path):
     client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
     spec = {"model": "s3data", "dataset": {"uri": loc.uri, "target": "label", "sha256": sha256_bytes(data)},
             "algorithm": {"name": "decision_tree"}, "export": {"formats": ["onnx"]}}
-    code, summary, stderr = run_trainer(spec, f"{s3_prefix}/v1", tmp_path)
+    code, summary, stderr = run_trainer(spec, f"{s3_prefix}/v1", tmp_path, via_env=True)
     assert code == 0, stderr[-2000:]
     assert summary["dataset"] == {"uri": loc.uri, "sha256": sha256_bytes(data), "rows": 80}
     card = contract_card.loads(get(client, f"{s3_prefix}/v1/modelcard.json"))
