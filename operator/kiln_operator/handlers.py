@@ -6,7 +6,7 @@ import logging
 
 import kopf
 
-from kiln_operator import models, resources, settings, trainingjobs
+from kiln_operator import deployments, gateway, models, resources, serving_state, settings, trainingjobs
 
 CONFIG = settings.load()
 
@@ -20,7 +20,22 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev")
     settings.posting.level = logging.INFO
+    # Timers run every second or two; their per-run "succeeded" lines would drown the log.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.execution.max_workers = 8
+
+
+@kopf.on.startup()
+async def start_gateway(memo: kopf.Memo, **_) -> None:
+    if CONFIG.gateway:
+        host, _, port = CONFIG.gateway.rpartition(":")
+        memo.gateway = await gateway.serve(host or "0.0.0.0", int(port))
+
+
+@kopf.on.cleanup()
+async def stop_gateway(memo: kopf.Memo, **_) -> None:
+    if getattr(memo, "gateway", None):
+        await memo.gateway.cleanup()
 
 
 @kopf.on.probe(id="ready")
@@ -49,3 +64,15 @@ def model(body, **_) -> None:
 def model_deleted(body, logger, **_) -> None:
     removed = models.delete_artifacts(dict(body), CONFIG)
     logger.info("deleted %d artifact objects of Model %s", removed, body["metadata"]["name"])
+
+
+@kopf.timer(resources.DEPLOYMENTS, interval=1.0, initial_delay=0)
+def deployment(body, patch, **_) -> None:
+    status_patch, events = deployments.reconcile(dict(body), CONFIG)
+    patch.status.update(status_patch)
+    _post(body, events)
+
+
+@kopf.on.delete(resources.DEPLOYMENTS, optional=True)
+def deployment_deleted(namespace, name, **_) -> None:
+    serving_state.forget(namespace, name)

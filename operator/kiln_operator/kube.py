@@ -119,3 +119,75 @@ def delete_job(namespace: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@functools.cache
+def dynamic():
+    from kubernetes.dynamic import DynamicClient
+
+    return DynamicClient(api())
+
+
+@functools.cache
+def preferred(group: str, candidates: tuple[str, ...]) -> str:
+    """The first of candidates the cluster serves (discovery), e.g. autoscaling/v2 before v2beta2."""
+    served = set()
+    for g in client.ApisApi(api()).get_api_versions().groups:
+        if g.name == group:
+            served = {v.group_version for v in g.versions}
+    for candidate in candidates:
+        if candidate in served:
+            return candidate
+    raise LookupError(f"the cluster serves none of {candidates}")
+
+
+def _differs(want, have) -> bool:
+    if isinstance(want, dict):
+        return not isinstance(have, dict) or any(_differs(v, have.get(k)) for k, v in want.items())
+    if isinstance(want, list):
+        return not isinstance(have, list) or len(want) != len(have) or any(
+            _differs(w, h) for w, h in zip(want, have, strict=True))
+    return want != have
+
+
+def ensure(manifest: dict, ignore: tuple[str, ...] = ()) -> dict:
+    """Get; create on 404; 409 means someone else created it; diff, then merge-patch.
+
+    ignore lists top-level spec fields owned by someone else (e.g. replicas under an HPA).
+    """
+    from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+
+    res = dynamic().resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
+    meta = manifest["metadata"]
+    try:
+        have = res.get(name=meta["name"], namespace=meta.get("namespace")).to_dict()
+    except NotFoundError:
+        try:
+            return res.create(body=manifest, namespace=meta.get("namespace")).to_dict()
+        except ConflictError:
+            have = res.get(name=meta["name"], namespace=meta.get("namespace")).to_dict()
+    want = copy.deepcopy(manifest)
+    for key in ignore:
+        want.get("spec", {}).pop(key, None)
+    subset = {k: want[k] for k in ("spec",) if k in want}
+    subset["metadata"] = {"labels": meta.get("labels", {}), "annotations": meta.get("annotations", {})}
+    if _differs(subset, have):
+        return res.patch(body=subset, name=meta["name"], namespace=meta.get("namespace"),
+                         content_type="application/merge-patch+json").to_dict()
+    return have
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    res = dynamic().resources.get(api_version=api_version, kind=kind)
+    try:
+        res.delete(name=name, namespace=namespace, body={"propagationPolicy": "Background"})
+        return True
+    except NotFoundError:
+        return False
+
+
+def list_objects(api_version: str, kind: str, namespace: str, selector: str) -> list[dict]:
+    res = dynamic().resources.get(api_version=api_version, kind=kind)
+    return [item.to_dict() for item in res.get(namespace=namespace, label_selector=selector).items]

@@ -58,6 +58,7 @@ def commit(status: dict, version: int, card: dict, uri: str, now: str) -> dict:
         "formats": sorted({a["format"] for a in card["artifacts"]}),
         "sha256": primary.get("sha256", ""),
         "artifact": primary.get("file", ""),
+        "artifacts": {a["format"]: {"file": a["file"], "sha256": a["sha256"]} for a in card["artifacts"]},
         "metrics": card.get("metrics", {}),
         "params": card.get("params", {}),
         "gates": card.get("gates", []),

@@ -19,6 +19,8 @@ class Settings:
     storage: str = field(default_factory=lambda: os.environ.get(
         "KILN_DEFAULT_STORAGE", f"s3://{os.environ.get('KILN_BUCKET', 'kiln')}/models"))
     s3_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_SECRET", "kiln-s3"))
+    # The gateway/activator: host:port, or "" to run without it.
+    gateway: str = field(default_factory=lambda: os.environ.get("KILN_GATEWAY", "0.0.0.0:8081"))
     watch_server_timeout: int = field(default_factory=lambda: int(os.environ.get("KILN_WATCH_TIMEOUT", "300")))
 
 

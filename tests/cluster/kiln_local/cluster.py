@@ -11,6 +11,7 @@ from kiln_local import controlplane, procs, s3
 from kiln_local.paths import KUBECONFIG, LOGS, REPO, STATE
 
 OPERATOR_HEALTH = "http://127.0.0.1:18089/healthz"
+GATEWAY = "127.0.0.1:18090"  # the operator's gateway/activator: http://GATEWAY/<namespace>/<deployment>/v2/...
 ORDER = ("kiln-operator", "nodesim")  # stopped first, before what they talk to
 
 
@@ -70,7 +71,7 @@ def start_operator(env: dict[str, str]) -> None:
     procs.start("kiln-operator", [
         sys.executable, "-m", "kopf", "run", "--all-namespaces", "--standalone", "--log-format=json",
         f"--liveness={OPERATOR_HEALTH}", "-m", "kiln_operator",
-    ], env={**env, "KUBECONFIG": str(KUBECONFIG), "KILN_LOG_FORMAT": "json"}, cwd=str(REPO))
+    ], env={**env, "KUBECONFIG": str(KUBECONFIG), "KILN_LOG_FORMAT": "json", "KILN_GATEWAY": GATEWAY}, cwd=str(REPO))
     procs.wait_for(_operator_live, "operator liveness", 60, "kiln-operator")
 
 

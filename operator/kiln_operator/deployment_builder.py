@@ -1,0 +1,149 @@
+"""Kiln Deployment spec → Service, apps/v1 Deployments (one per served version), HPA, PDB. Pure."""
+
+from __future__ import annotations
+
+from kiln_operator import labels, security
+
+PORT = 8080
+DEPLOYMENT = "kiln.dev/deployment"
+TRACK = "kiln.dev/track"
+
+
+def selector(name: str) -> dict:
+    return {DEPLOYMENT: name}
+
+
+def server_name(name: str, version: int) -> str:
+    return labels.dns_name(name, f"v{version}")
+
+
+def _owner(dep: dict) -> list[dict]:
+    return [labels.owner_reference("Deployment", dep["metadata"])]
+
+
+def build_service(dep: dict) -> dict:
+    meta = dep["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "ownerReferences": _owner(dep),
+                     "labels": {**labels.MANAGED_BY, "app.kubernetes.io/name": "kiln-server",
+                                **selector(meta["name"])}},
+        "spec": {"selector": selector(meta["name"]),
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def runtime_for(spec: dict, entry: dict) -> tuple[str, str]:
+    """(runtime, artifact format) for a version; raises ValueError naming the field when impossible."""
+    formats = set((entry.get("artifacts") or {}).keys()) or set(entry.get("formats") or [])
+    wanted = spec.get("runtime") or ("onnx" if "onnx" in formats else "sklearn")
+    if wanted == "onnx":
+        if "onnx" not in formats:
+            raise ValueError(f"spec.runtime: version {entry['version']} has no ONNX artifact (has {sorted(formats)})")
+        return "onnx", "onnx"
+    fmt = "joblib" if "joblib" in formats else "pkl" if "pkl" in formats else None
+    if fmt is None:
+        raise ValueError(f"spec.runtime: version {entry['version']} has no joblib/pkl artifact for sklearn")
+    if not spec.get("allowUnsafeFormats"):
+        raise ValueError(f"spec.allowUnsafeFormats: serving version {entry['version']} needs its {fmt} artifact, "
+                         "which can run code when loaded; set allowUnsafeFormats: true to accept that")
+    return "sklearn", fmt
+
+
+def build_server(dep: dict, entry: dict, *, track: str, replicas: int, image: str, s3_secret: str) -> dict:
+    """The apps/v1 Deployment that serves one version of the model."""
+    meta, spec = dep["metadata"], dep["spec"]
+    version = entry["version"]
+    runtime, fmt = runtime_for(spec, entry)
+    artifact = (entry.get("artifacts") or {}).get(fmt) or {"sha256": entry.get("sha256", "")}
+    lbl = {**labels.MANAGED_BY, "app.kubernetes.io/name": "kiln-server", **selector(meta["name"]),
+           labels.MODEL: spec["model"]["name"], labels.VERSION: str(version), TRACK: track}
+    resources = spec.get("resources") or {}
+    req = {k: str(resources[k]) for k in ("cpu", "memory") if resources.get(k)}
+    lim = {"memory": req["memory"]} if "memory" in req else {}
+    batching = spec.get("batching") or {}
+    env = [
+        {"name": "KILN_MODEL_URI", "value": entry["uri"]},
+        {"name": "KILN_MODEL_NAME", "value": spec["model"]["name"]},
+        {"name": "KILN_MODEL_VERSION", "value": str(version)},
+        {"name": "KILN_EXPECTED_SHA256", "value": artifact["sha256"]},
+        {"name": "KILN_RUNTIME", "value": runtime},
+        {"name": "KILN_ALLOW_UNSAFE_FORMATS", "value": "true" if runtime == "sklearn" else "false"},
+        {"name": "KILN_PORT", "value": str(PORT)},
+        # Bind to the pod's own address (the downward API), as on any cluster.
+        {"name": "KILN_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "KILN_CACHE_DIR", "value": "/tmp/kiln-model"},
+        {"name": "KILN_BATCH_MAX_SIZE", "value": str(batching.get("maxBatchSize", 32))},
+        {"name": "KILN_BATCH_MAX_LATENCY_MS", "value": str(batching.get("maxLatencyMs", 1))},
+    ]
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2,
+             "failureThreshold": 3}
+    container = {
+        "name": "server", "image": image,
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "env": env, "envFrom": [{"secretRef": {"name": s3_secret}}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                          "initialDelaySeconds": 30},
+        "resources": {k: v for k, v in (("requests", req), ("limits", lim)) if v},
+        "securityContext": security.CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [security.TMP_MOUNT],
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": server_name(meta["name"], version), "namespace": meta["namespace"],
+                     "labels": lbl, "ownerReferences": _owner(dep)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {**selector(meta["name"]), labels.VERSION: str(version)}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": lbl, "annotations": {"kiln.dev/sha256": artifact["sha256"]}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": security.POD_SECURITY_CONTEXT,
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [security.TMP_VOLUME],
+                },
+            },
+        },
+    }
+
+
+def build_hpa(dep: dict, target: str, api_version: str) -> dict:
+    """Native HPA for metric: cpu (autoscaling/v2, or v2beta2 on older clusters: same shape)."""
+    meta, spec = dep["metadata"], dep["spec"]
+    replicas = spec.get("replicas") or {}
+    scaling = spec.get("autoscaling") or {}
+    return {
+        "apiVersion": api_version, "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "ownerReferences": _owner(dep),
+                     "labels": {**labels.MANAGED_BY, **selector(meta["name"])}},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": max(1, int(replicas.get("min", 1))),
+            "maxReplicas": int(replicas.get("max", 3)),
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": int(scaling.get("target", 70))}}}],
+        },
+    }
+
+
+def build_pdb(dep: dict, api_version: str) -> dict:
+    meta = dep["metadata"]
+    return {
+        "apiVersion": api_version, "kind": "PodDisruptionBudget",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "ownerReferences": _owner(dep),
+                     "labels": {**labels.MANAGED_BY, **selector(meta["name"])}},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": selector(meta["name"])}},
+    }
+
+
+def canary_split(total: int, weight: int) -> tuple[int, int]:
+    """(stable, canary) replicas approximating weight% of traffic behind one Service."""
+    if weight >= 100:
+        return 0, max(total, 1)
+    total = max(total, 2)
+    canary = min(total - 1, max(1, round(total * weight / 100)))
+    return total - canary, canary
