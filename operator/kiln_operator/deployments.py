@@ -213,10 +213,10 @@ def reconcile(dep: dict, cfg: Settings, now: float | None = None) -> tuple[dict,
     ready = sum(_ready(d) for d in servers.values())
     replicas = sum(int((d.get("spec") or {}).get("replicas") or 0) for d in servers.values())
     if target is not None or serving:
-        if ready:
-            cond("Ready", True, "Serving", f"version {serving} serving on {ready} ready replicas")
-        elif replicas == 0 and serving:
+        if replicas == 0 and serving:
             cond("Ready", True, "ScaledToZero", "no replicas; the first request wakes the model")
+        elif ready:
+            cond("Ready", True, "Serving", f"version {serving} serving on {ready} ready replicas")
         else:
             cond("Ready", False, "Starting", f"waiting for version {serving} to become ready")
     progressing = bool(canary or rolling) or (replicas > ready)
