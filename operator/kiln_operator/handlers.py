@@ -6,7 +6,7 @@ import logging
 
 import kopf
 
-from kiln_operator import deployments, gateway, models, resources, serving_state, settings, trainingjobs
+from kiln_operator import deployments, gateway, kube, models, resources, serving_state, settings, trainingjobs
 
 CONFIG = settings.load()
 
@@ -23,6 +23,16 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     # Timers run every second or two; their per-run "succeeded" lines would drown the log.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.execution.max_workers = 8
+
+
+@kopf.on.login()
+def login(**kwargs) -> kopf.ConnectionInfo | None:
+    sa = kube.service_account_dir()
+    if sa is None:
+        return kopf.login_via_client(**kwargs)
+    return kopf.ConnectionInfo(server=kube.server_url(), ca_path=str(sa / "ca.crt"),
+                               token=(sa / "token").read_text().strip(),
+                               default_namespace=(sa / "namespace").read_text().strip())
 
 
 @kopf.on.startup()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
+from pathlib import Path
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -14,11 +16,29 @@ from kiln_contract import GROUP, VERSION
 log = logging.getLogger("kiln.kube")
 
 
+def service_account_dir() -> Path | None:
+    """The mounted service-account directory when running in a pod, else None (use kubeconfig).
+
+    KILN_SERVICEACCOUNT_DIR overrides the standard path (the local node simulator uses it).
+    """
+    sa = Path(os.environ.get("KILN_SERVICEACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount"))
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and (sa / "token").exists():
+        return sa
+    return None
+
+
+def server_url() -> str:
+    return f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}"
+
+
 @functools.cache
 def api() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
+    sa = service_account_dir()
+    if sa:
+        from kubernetes.config.incluster_config import InClusterConfigLoader
+
+        InClusterConfigLoader(token_filename=str(sa / "token"), cert_filename=str(sa / "ca.crt")).load_and_set()
+    else:
         config.load_kube_config()
     return client.ApiClient()
 

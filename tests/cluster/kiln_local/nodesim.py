@@ -33,6 +33,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from kiln_local import dockerfile
+from kiln_local.controlplane import API_PORT
 from kiln_local.paths import KUBECONFIG, STATE
 
 log = logging.getLogger("kiln.nodesim")
@@ -382,23 +383,46 @@ class PodRunner(threading.Thread):
     # -- building containers ------------------------------------------------
     def _container(self, spec: dict, env_base: dict[str, str], init: bool) -> Container:
         image = dockerfile.parse(dockerfile.dockerfile_for(spec["image"]).read_text())
-        argv = dockerfile.argv_for(image, spec.get("command"), spec.get("args"))
+        env = {**env_base, **image.env, **self._env(spec)}
+        # $(VAR) in command and args expands from the container's env, as the kubelet does.
+        command = [_expand(a, env) for a in spec.get("command") or []] or None
+        args = [_expand(a, env) for a in spec["args"]] if spec.get("args") is not None else None
+        argv = dockerfile.argv_for(image, command, args)
         if not argv:
             raise ValueError(f"container {spec['name']}: no command and the image has no ENTRYPOINT/CMD")
         if argv[0] in ("python", "python3", "/usr/local/bin/python", "/usr/bin/python3"):
             argv[0] = sys.executable  # the image's interpreter is this repo's virtualenv here
-        env = {**env_base, **image.env, **self._env(spec)}
         return Container(self, spec, argv, env, init)
 
     def _env_base(self) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)
-        return {
+        env = {
             "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.dir),
             "HOSTNAME": self.name,
             "TMPDIR": str(self.dir / "tmp"),
             "LANG": "C.UTF-8",
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(API_PORT),
         }
+        if self.pod["spec"].get("automountServiceAccountToken", True):
+            env["KILN_SERVICEACCOUNT_DIR"] = str(self._service_account())
+        return env
+
+    def _service_account(self) -> Path:
+        """What the kubelet would mount at /var/run/secrets/kubernetes.io/serviceaccount."""
+        sa_dir = self.dir / "serviceaccount"
+        sa_dir.mkdir(parents=True, exist_ok=True)
+        account = self.pod["spec"].get("serviceAccountName") or "default"
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=[], expiration_seconds=86400,
+            bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=self.name,
+                                                           uid=self.uid)))
+        token = self.sim.api.create_namespaced_service_account_token(account, self.ns, request).status.token
+        (sa_dir / "token").write_text(token)
+        (sa_dir / "namespace").write_text(self.ns)
+        (sa_dir / "ca.crt").write_bytes((STATE / "pki" / "ca.crt").read_bytes())
+        return sa_dir
 
     def _env(self, spec: dict) -> dict[str, str]:
         env: dict[str, str] = {}
