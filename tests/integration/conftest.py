@@ -54,10 +54,10 @@ def namespace(core):
 
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    # The ServiceAccount controller must create "default" before pods are admitted.
+    # Pods are admitted only once the controllers made the "default" ServiceAccount and its token.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items):
+        if any(sa.metadata.name == "default" and sa.secrets for sa in core.list_namespaced_service_account(name).items):
             break
         time.sleep(0.2)
     yield name

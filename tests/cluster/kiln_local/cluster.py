@@ -39,8 +39,10 @@ def up(operator: bool = True) -> None:
     _step(3, total, "node simulator")
     procs.start("nodesim", [sys.executable, "-m", "kiln_local.nodesim"], env={"KUBECONFIG": str(KUBECONFIG)})
     procs.wait_for(_node_ready, "simulated node Ready", 60, "nodesim")
-    procs.wait_for(lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
-                   "default ServiceAccount", 60, "kube-controller-manager")
+    # Pods are admitted once the "default" ServiceAccount has its token (1.20's token controller).
+    procs.wait_for(lambda: kubectl("get", "serviceaccount", "default", "-o", "jsonpath={.secrets[0].name}",
+                                   check=False).stdout.strip(),
+                   "default ServiceAccount token", 60, "kube-controller-manager")
     _step(4, total, "SeaweedFS (S3 on loopback)")
     env = s3.up()
     _step(5, total, "S3 credentials Secret kiln-s3 in namespace default")
