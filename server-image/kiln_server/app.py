@@ -142,15 +142,17 @@ class App:
         method = scope["method"]
         try:
             handler, allowed = self._resolve(path)
-            if method not in allowed:
-                if handler in (self.infer_v2, self.infer_v1):
-                    self.metrics.request(405, 0.0)
-                raise ClientError(405, f"method {method} is not allowed on {path}; use {', '.join(allowed)}")
-            if self.runtime is None and handler not in (self.live,):
-                raise ClientError(503, "the model is not loaded yet")
         except ClientError as exc:
-            headers = [(b"allow", ", ".join(allowed).encode())] if exc.status == 405 else []
-            await respond(send, exc.status, dumps({"error": exc.message}), extra=headers)
+            await respond(send, exc.status, dumps({"error": exc.message}))
+            return
+        if method not in allowed:
+            if handler in (self.infer_v2, self.infer_v1):
+                self.metrics.request(405, 0.0)
+            message = f"method {method} is not allowed on {path}; use {', '.join(allowed)}"
+            await respond(send, 405, dumps({"error": message}), extra=[(b"allow", ", ".join(allowed).encode())])
+            return
+        if self.runtime is None and handler != self.live:
+            await respond(send, 503, dumps({"error": "the model is not loaded yet"}))
             return
         await handler(scope, receive, send)
 
@@ -253,9 +255,9 @@ class App:
                 batch = decode_v2(req, self.schema) if v2 else decode_v1(req, self.schema)
                 queued = True
                 label, probs = await batcher.submit(batch.x, batch.n)
-                bad = finite_rows(label, probs)
-                if not bad.all():
-                    rows = np.flatnonzero(~bad)
+                ok = finite_rows(label, probs)
+                if not ok.all():
+                    rows = np.flatnonzero(~ok)
                     raise ClientError(
                         422, f"the model gave a non-finite result for row(s) {_names(int(r) for r in rows)}; "
                         "check those rows for infinite or out-of-range values"

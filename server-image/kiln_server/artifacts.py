@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kiln_contract import MODEL_CARD
 from kiln_contract import card as cards
-from kiln_contract.checksums import sha256_bytes
+from kiln_contract.checksums import sha256_bytes, sha256_file
 from kiln_server.errors import StartupError
 
 log = logging.getLogger("kiln_server")
@@ -36,18 +36,24 @@ class Artifact:
     card: dict
 
 
-def cache_root(configured: str) -> Path:
+def cache_root(configured: str, uri: str) -> Path:
+    """Where a remote version's files go: KILN_CACHE_DIR, or one directory per URI under the temp dir.
+
+    The same URI maps to the same directory, so a restarted container reuses what it downloaded
+    (re-verified every time) instead of filling /tmp with copies.
+    """
     if configured:
         root = Path(configured)
-        root.mkdir(parents=True, exist_ok=True)
-        return root
-    return Path(tempfile.mkdtemp(prefix="kiln-model-"))
+    else:
+        root = Path(tempfile.gettempdir()) / "kiln-models" / sha256_bytes(uri.encode())[:16]
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def read_card(uri: str, cache_dir: str) -> tuple[dict, Path]:
     """Return the card of the version at uri and the local directory its files are (or go) in."""
     if uri.startswith("s3://"):
-        local = cache_root(cache_dir)
+        local = cache_root(cache_dir, uri)
         data = _s3_get(uri, MODEL_CARD, local)
     else:
         local = Path(uri.removeprefix("file://"))
@@ -95,7 +101,10 @@ def fetch(uri: str, cache_dir: str, runtime: str, allow_unsafe: bool, expected_s
         raise StartupError(f"card of {uri} names artifact file {name!r}, which is not a plain file name")
     path = local / name
     if uri.startswith("s3://"):
-        _s3_get(uri, name, local)
+        if not (path.is_file() and sha256_file(path) == str(entry["sha256"]).lower()):
+            _s3_get(uri, name, local)
+        else:
+            log.info("reusing %s, downloaded before", path)
     elif not path.is_file():
         raise StartupError(f"{uri} lacks {name}, which its card lists")
     data = path.read_bytes()
@@ -130,6 +139,7 @@ def load_verified(artifact: Artifact, expected_sha256: str) -> bytes:
 
 
 def _s3_get(uri: str, name: str, local: Path) -> bytes:
+    """Download one file of the version at uri into local (atomically: .part, then rename)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from kiln_contract.storage import parse_s3, s3_client

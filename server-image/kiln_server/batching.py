@@ -59,7 +59,7 @@ class Batcher:
         self._hurry()
 
     def submit(self, x, n: int) -> asyncio.Future:
-        loop = self._loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._loop = loop
         self.arriving -= 1
         fut = loop.create_future()

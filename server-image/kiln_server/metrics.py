@@ -219,9 +219,11 @@ class Metrics:
         self._last_write = time.monotonic()
 
     def _merged_snapshots(self) -> dict:
-        self.write_snapshot()
-        snaps = []
+        """This worker's live histograms plus every other worker's latest snapshot (at most ~1 s old)."""
+        snaps = [self.features.snapshot()]
         for path in sorted(glob.glob(os.path.join(self.multiproc_dir, "kiln_features_*.json"))):
+            if path == self._snapshot_path:
+                continue
             try:
                 with open(path, "rb") as fh:
                     snaps.append(json.loads(fh.read()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 
 import numpy as np
@@ -39,6 +40,9 @@ class OnnxRuntime:
     platform = "onnxruntime_onnx"
 
     def __init__(self, data: bytes, card: dict):
+        # ONNX Runtime >= 1.29 on Linux keeps a device id under ~/.cache and uploads usage events
+        # unless this is set before it initialises; a model server has no business doing either.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -164,6 +168,8 @@ class SklearnRuntime:
 
         task = card.get("task", "classification")
         self.proba = task == "classification" and hasattr(model, "predict_proba")
+        # Trees and forests compute predict() as classes_[argmax(predict_proba())]: do that once, not twice.
+        self.label_from_proba = self.proba and _argmax_classifier(model)
         classes = getattr(model, "classes_", None)
         self.schema = Schema(
             names=names,
@@ -187,11 +193,27 @@ class SklearnRuntime:
 
     def predict(self, x):
         X = self._input(x)
+        if self.label_from_proba:
+            probs = np.asarray(self.model.predict_proba(X))
+            return np.asarray(self.model.classes_).take(np.argmax(probs, axis=1)), probs
         label = np.asarray(self.model.predict(X))
         if label.ndim == 2 and label.shape[1] == 1:
             label = label.reshape(-1)
         probs = np.asarray(self.model.predict_proba(X)) if self.proba else None
         return label, probs
+
+
+def _argmax_classifier(model) -> bool:
+    """Is the (final) estimator one whose predict() is exactly argmax of predict_proba()?"""
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    try:
+        from sklearn.ensemble._forest import ForestClassifier
+        from sklearn.tree import BaseDecisionTree
+    except ImportError:
+        return False
+    classes = getattr(model, "classes_", None)
+    single_output = classes is not None and np.asarray(classes).ndim == 1
+    return single_output and isinstance(final, ForestClassifier | BaseDecisionTree) and hasattr(final, "classes_")
 
 
 def load(artifact, data: bytes):
@@ -238,10 +260,11 @@ def rows_to_batch(schema: Schema, rows: list[list]):
 
 
 def finite_rows(label: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
+    """Per row: are all outputs finite? (A cheap sum first: it is finite when every value is.)"""
     ok = np.ones(len(label), dtype=bool)
-    if label.dtype.kind == "f":
+    if label.dtype.kind == "f" and not np.isfinite(label.sum()):
         ok &= np.isfinite(label)
-    if probs is not None and probs.dtype.kind == "f":
+    if probs is not None and probs.dtype.kind == "f" and not np.isfinite(probs.sum()):
         ok &= np.isfinite(probs).all(axis=1)
     return ok
 

@@ -14,6 +14,7 @@ from test_server_support import Server, model_version, v2_matrix
 
 from kiln_contract import MODEL_CARD
 from kiln_contract import card as cards
+from kiln_contract.checksums import sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,13 @@ def test_serves_a_version_from_s3(s3_prefix, tmp_path):
         assert (cache / "model.onnx").is_file() and not (cache / "model.joblib").exists()
     finally:
         assert srv.stop() == 0
+    # A damaged cached copy is not trusted: it is downloaded again and verified.
+    with open(cache / "model.onnx", "ab") as fh:
+        fh.write(b"junk")
+    srv = Server(loc.uri, "bc", env={"KILN_CACHE_DIR": str(cache)}).start()
+    assert srv.request("POST", "/v2/models/bc/infer", v2_matrix(info["X"][:1]))[0] == 200
+    assert srv.stop() == 0
+    assert sha256_file(cache / "model.onnx") == _onnx_sha(info)
     # A version whose card is missing in S3 is not committed: refused.
     code, err = Server(parse_s3(s3_prefix).child("bc", "v5").uri, "bc",
                        env={"KILN_CACHE_DIR": str(tmp_path / "c2")}).run_to_exit()

@@ -142,3 +142,19 @@ def test_runtime_sklearn_chosen_by_env_over_onnx():
         assert status == 200 and meta["platform"] == "scikit-learn"
     finally:
         assert srv.stop() == 0
+
+
+def test_sklearn_runtime_with_categorical_features_uses_a_dataframe():
+    info = model_version("categorical", ("joblib",))
+    srv = Server(info["dir"], "shapes", "--allow-unsafe-formats").start()
+    try:
+        frame, pipe = info["X"].iloc[:12], info["pipeline"]
+        status, body = srv.request("POST", "/v2/models/shapes/infer", _column_inputs(frame))
+        assert status == 200, body
+        out = {o["name"]: o for o in body["outputs"]}
+        assert out["label"]["data"] == pipe.predict(frame).tolist()
+        np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (12, 2)), pipe.predict_proba(frame))
+        status, body = srv.request("POST", "/v1/models/shapes:predict", {"instances": frame.to_dict("records")})
+        assert status == 200 and body["predictions"] == pipe.predict(frame).tolist()
+    finally:
+        assert srv.stop() == 0

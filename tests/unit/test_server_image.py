@@ -1,0 +1,43 @@
+"""server-image/Dockerfile: what the node simulator and the restricted Pod Security profile rely on."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+DOCKERFILE = Path(__file__).resolve().parents[2] / "server-image" / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_entrypoint_is_a_json_array_running_the_package():
+    entry = [rest for word, rest in instructions() if word == "ENTRYPOINT"]
+    assert len(entry) == 1
+    assert json.loads(entry[0]) == ["python", "-m", "kiln_server"]
+
+
+def test_runs_as_non_root_from_a_slim_python_311():
+    ins = instructions()
+    assert ins[0][0] == "FROM" and ins[0][1].startswith("python:3.11-slim")
+    users = [rest for word, rest in ins if word == "USER"]
+    assert users and users[-1].split(":")[0] == "10001"
+    assert [w for w, _ in ins].index("USER") > max(i for i, (w, _) in enumerate(ins) if w == "RUN")
+
+
+def test_writes_only_under_tmp_and_installs_the_server_extra():
+    env = " ".join(rest for word, rest in instructions() if word == "ENV")
+    for setting in ("PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp", "TMPDIR=/tmp", "KILN_CACHE_DIR=/tmp/",
+                    "ORT_DISABLE_TELEMETRY=1"):
+        assert setting in env
+    runs = " ".join(rest for word, rest in instructions() if word == "RUN")
+    assert '".[server]"' in runs
