@@ -7,7 +7,8 @@ import time
 import pytest
 from kube_helpers import wait_until
 from kubernetes import client
-from serving_helpers import Load, infer
+
+from kiln_local.gateway_client import Load, infer
 
 pytestmark = pytest.mark.integration
 

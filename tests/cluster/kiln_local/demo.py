@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.request
 
 from kiln_local.cluster import GATEWAY, kubectl
+from kiln_local.gateway_client import infer
 from kiln_local.paths import REPO
 
 NAMESPACE = "default"
@@ -34,15 +33,6 @@ def jsonpath(kind: str, name: str, path: str) -> str:
     return kubectl("get", kind, name, "-n", NAMESPACE, "-o", f"jsonpath={path}", check=False).stdout.strip()
 
 
-def predict(rows: list[list[float]]) -> dict:
-    body = json.dumps({"id": "demo", "inputs": [
-        {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}]}).encode()
-    req = urllib.request.Request(f"http://{GATEWAY}/{NAMESPACE}/iris/v2/models/iris/infer", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        return json.loads(resp.read())
-
-
 def main() -> int:
     t0 = time.monotonic()
     for example in ("iris-trainingjob.yaml", "iris-deployment.yaml"):
@@ -63,7 +53,9 @@ def main() -> int:
     picks = [0, 1, 50, 51, 100, 101]
     rows = [[float(x) for x in data.data[i]] for i in picks]
     print(f"\n$ POST http://{GATEWAY}/{NAMESPACE}/iris/v2/models/iris/infer  ({len(rows)} rows)", flush=True)
-    answer = predict(rows)
+    status, answer = infer(NAMESPACE, "iris", "iris", rows)
+    if status != 200:
+        raise SystemExit(f"[demo] prediction failed with {status}: {answer}")
     labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
     print(f"model {answer['model_name']} version {answer.get('model_version')}")
     print(f"{'sepal len':>9} {'sepal wid':>9} {'petal len':>9} {'petal wid':>9}  {'predicted':>10}  {'actual':>10}")

@@ -1,4 +1,7 @@
-"""Clients for the operator's gateway: single predictions and a bounded steady load."""
+"""Clients for the operator's gateway on the local cluster: predictions and a bounded load.
+
+Used by the demo, the integration tests and the benchmarks alike.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-GATEWAY = ("127.0.0.1", 18090)
+from kiln_local.cluster import GATEWAY
+
+HOST, PORT = GATEWAY.rsplit(":", 1)
 
 
 def infer(ns: str, dep: str, model: str, rows: list[list[float]], timeout: float = 120) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection(*GATEWAY, timeout=timeout)
+    conn = http.client.HTTPConnection(HOST, int(PORT), timeout=timeout)
     body = json.dumps({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
                                    "data": rows}]})
     conn.request("POST", f"/{ns}/{dep}/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
@@ -38,6 +43,7 @@ class Load:
     limit: float = 300
     ok: int = 0
     failures: list = field(default_factory=list)
+    latencies: list = field(default_factory=list)
     versions: dict = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list = field(default_factory=list)
@@ -46,11 +52,13 @@ class Load:
     def _run(self) -> None:
         deadline = time.monotonic() + self.limit
         while not self._stop.is_set() and time.monotonic() < deadline:
+            t0 = time.perf_counter()
             try:
                 status, body = infer(self.ns, self.dep, self.model, [self.row], timeout=30)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded
                 status, body = 0, {"error": repr(exc)}
             with self._lock:
+                self.latencies.append(time.perf_counter() - t0)
                 if status == 200:
                     self.ok += 1
                     v = body.get("model_version")
@@ -59,6 +67,13 @@ class Load:
                     self.failures.append((status, body))
             if self.pause:
                 time.sleep(self.pause)
+
+    def set_workers(self, n: int) -> None:
+        """Change the number of concurrent clients while running (a load step)."""
+        while len(self._threads) < n:
+            t = threading.Thread(target=self._run, daemon=True)
+            self._threads.append(t)
+            t.start()
 
     def __enter__(self) -> Load:
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.workers)]
