@@ -1,0 +1,232 @@
+"""The Helm chart installed into the local cluster, and the iris lifecycle run through the chart's operator.
+
+Rendered by Helm's engine (helm-python-sdk), applied with kubectl into kiln-system. The node simulator runs the
+operator pod as a process with the pod's own ServiceAccount token, so the chart's RBAC is enforced for real: a
+missing verb shows up as a 403 in the operator's log and a stuck lifecycle. The working-tree operator is
+stopped first (two operators must never handle the same objects) and restarted at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kube_helpers import wait_until
+from kubernetes import client
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e '.[dev]')")
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "kiln.dev", "v1alpha1"
+NS = "kiln-system"
+SA = f"system:serviceaccount:{NS}:kiln-operator"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"kiln_chart_{name}", REPO / "charts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+chart = _load("render")
+pss = _load("pod_security")
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    from kiln_local import cluster as local
+    from kiln_local import controlplane
+    from kiln_local.paths import KUBECONFIG
+
+    if stdin is None:
+        return local.kubectl(*args, check=check)
+    return subprocess.run([controlplane.binary("kubectl") or "kubectl", f"--kubeconfig={KUBECONFIG}", *args],
+                          input=stdin, text=True, capture_output=True, check=check)
+
+
+def create(custom, ns, plural, kind, name, spec):
+    custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
+
+
+def get(custom, ns, plural, name):
+    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+
+
+def operator_pod(core) -> client.V1Pod | None:
+    pods = core.list_namespaced_pod(NS, label_selector="app.kubernetes.io/component=operator").items
+    return next((p for p in pods if not p.metadata.deletion_timestamp), None)
+
+
+def pod_pid(pod_name: str) -> int | None:
+    from kiln_local.paths import STATE
+
+    try:
+        return int((STATE / "pods" / f"{NS}_{pod_name}" / "operator.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def infer(ip: str, ns: str, dep: str, model: str, rows: list[list[float]]) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(ip, 8081, timeout=60)
+    body = json.dumps({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
+                                   "data": rows}]})
+    conn.request("POST", f"/{ns}/{dep}/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data) if data.startswith(b"{") else {"raw": data.decode(errors="replace")}
+
+
+@pytest.fixture
+def chart_install(cluster, core):
+    """Install the chart (the working-tree operator stopped); yield (manifests, values); uninstall."""
+    from kiln_local import cluster as local
+    from kiln_local import procs, s3
+
+    env = s3.read_env()
+    bucket = f"kiln-chart-{uuid.uuid4().hex[:8]}"  # a fresh bucket: the chart's create-bucket Job makes it
+    values = {"s3": {"endpoint": env["KILN_S3_ENDPOINT"], "region": env["AWS_REGION"], "bucket": bucket,
+                     "accessKeyId": env["AWS_ACCESS_KEY_ID"], "secretAccessKey": env["AWS_SECRET_ACCESS_KEY"],
+                     "createBucket": True},
+              "operator": {"watchTimeout": 60}}
+    rendered = chart.render(values, namespace=NS)
+    manifests = "\n---\n".join(text for path, text in sorted(rendered.items()) if path.endswith(".yaml"))
+    crds = "\n---\n".join(c["data"] for c in chart.crds())
+    created_ns = kubectl("get", "namespace", NS, check=False).returncode != 0
+    pid = None
+    procs.stop("kiln-operator", grace=20)
+    try:
+        kubectl("apply", "-f", "-", stdin=crds)  # what helm install does first; identical to crds/
+        if created_ns:
+            kubectl("create", "namespace", NS)
+        kubectl("apply", "-f", "-", stdin=manifests)
+        pod = wait_until(lambda: (p := operator_pod(core)) and p.status.pod_ip and any(
+            c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) and p, 90,
+            "the chart's operator pod to be Ready", interval=0.5)
+        pid = pod_pid(pod.metadata.name)
+        yield pod, values, manifests
+    finally:
+        pod = operator_pod(core)
+        pid = (pod_pid(pod.metadata.name) if pod else None) or pid
+        kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", "-", stdin=manifests,
+                check=False)
+        try:
+            wait_until(lambda: operator_pod(core) is None and not (pid and alive(pid)), 60,
+                       "the chart's operator pod and process to be gone")
+        finally:
+            if created_ns:
+                kubectl("delete", "namespace", NS, "--wait=false", check=False)
+            local.start_operator(s3.read_env())
+            _drop_bucket(bucket)
+
+
+def _drop_bucket(bucket: str) -> None:
+    from kiln_contract import storage
+
+    s3 = storage.s3_client()
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+        s3.delete_bucket(Bucket=bucket)
+    except Exception:  # noqa: BLE001 - best effort: a leftover test bucket harms nothing
+        pass
+
+
+def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install, core, custom, kiln_ns, s3_env):
+    from kiln_contract import storage
+    from kiln_local.paths import STATE
+
+    t0 = time.monotonic()
+    pod, values, _ = chart_install
+    ip = pod.status.pod_ip
+    bucket = values["s3"]["bucket"]
+
+    # the pod as admitted: restricted profile, its own ServiceAccount, liveness and gateway on the pod IP
+    spec = core.api_client.sanitize_for_serialization(pod.spec)
+    assert pss.check(spec, pod.metadata.annotations) == []
+    assert spec["serviceAccountName"] == "kiln-operator"
+    with http.client.HTTPConnection(ip, 8080, timeout=5) as conn:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+
+    # the create-bucket Job ran with the operator image and made the bucket
+    def bucket_made():
+        job = client.BatchV1Api().read_namespaced_job("kiln-create-bucket", NS)
+        assert not job.status.failed, "create-bucket Job failed: see .kiln/pods/kiln-system_kiln-create-bucket-*"
+        return job.status.succeeded
+
+    wait_until(bucket_made, 60, "the create-bucket Job")
+    storage.s3_client().head_bucket(Bucket=bucket)
+
+    # least privilege, as the API server sees it
+    for verb, resource, allowed in [("patch", "trainingjobs.kiln.dev/status", True), ("create", "jobs.batch", True),
+                                    ("get", "secrets", False), ("create", "pods", False),
+                                    ("delete", "trainingjobs.kiln.dev", False), ("update", "deployments.apps", False),
+                                    ("list", "namespaces", False)]:
+        out = kubectl("auth", "can-i", verb, resource, f"--as={SA}", "-n", kiln_ns, check=False).stdout.strip()
+        assert out == ("yes" if allowed else "no"), f"{verb} {resource}: {out}"
+
+    # train -> a Model version registered in the chart's bucket
+    create(custom, kiln_ns, "models", "Model", "iris", {"promotion": {"policy": "auto", "metric": "accuracy"}})
+    create(custom, kiln_ns, "trainingjobs", "TrainingJob", "iris", {
+        "model": "iris", "dataset": {"uri": "builtin:iris"},
+        "algorithm": {"name": "random_forest", "params": {"n_estimators": 10, "max_depth": 3}},
+        "export": {"formats": ["onnx"]}})
+
+    def trained():
+        st = get(custom, kiln_ns, "trainingjobs", "iris").get("status") or {}
+        return st.get("phase") in ("Succeeded", "Failed") and st
+
+    st = wait_until(trained, 120, "the TrainingJob to finish", interval=0.5)
+    assert st["phase"] == "Succeeded", st
+    model = wait_until(lambda: (m := get(custom, kiln_ns, "models", "iris")).get("status", {}).get(
+        "aliases", {}).get("production") and m, 30, "version 1 promoted")
+    v1 = model["status"]["versions"][0]
+    assert v1["state"] == "Registered" and v1["uri"].startswith(f"s3://{bucket}/models/{kiln_ns}/iris/v1")
+
+    # serve it and predict through the chart operator's gateway on its pod IP
+    create(custom, kiln_ns, "deployments", "Deployment", "iris", {"model": {"name": "iris"},
+                                                                  "replicas": {"min": 1, "max": 1}})
+
+    def serving():
+        st = get(custom, kiln_ns, "deployments", "iris").get("status") or {}
+        return any(c["type"] == "Ready" and c["status"] == "True" and c["reason"] == "Serving"
+                   for c in st.get("conditions", [])) and st
+
+    wait_until(serving, 90, "the Deployment to be Ready", interval=0.5)
+    status, answer = infer(ip, kiln_ns, "iris", "iris", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+    assert status == 200, answer
+    labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
+    assert [int(x) for x in labels] == [0, 2]
+
+    # no call was refused: the RBAC covers everything the operator (and kopf) did on the way
+    log = (STATE / "pods" / f"{NS}_{pod.metadata.name}" / "operator.log").read_text(errors="replace")
+    refused = [line for line in log.splitlines() if "Forbidden" in line or " 403" in line or "forbidden" in line]
+    assert refused == [], refused[:5]
+    assert time.monotonic() - t0 < 180
+
+
+@pytest.fixture(autouse=True)
+def _no_second_operator_after(cluster):
+    """After the test the working-tree operator runs again (the fixture above restarts it)."""
+    yield
+    from kiln_local import procs
+
+    assert procs.running("kiln-operator"), "the working-tree operator was not restarted"

@@ -1,0 +1,383 @@
+"""charts/kiln rendered and linted by Helm's own engine (helm-python-sdk: Helm v4's Go SDK, no helm binary)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kiln"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+
+helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e '.[dev]')")
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"kiln_chart_{name}", REPO / "charts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+chart = _load("render")
+sync_crds = _load("sync_crds")
+
+
+def values_of(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def rendered(values: dict | None = None, **kw) -> list[dict]:
+    return chart.objects(chart.render(values, **kw))
+
+
+def one(objs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def operator_container(objs: list[dict]) -> dict:
+    dep = one(objs, "Deployment", "kiln-operator")
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# -- CRDs ----------------------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_byte_for_byte_the_repository_crds():
+    assert sync_crds.differences() == [], "charts/kiln/crds is stale: run `python charts/sync_crds.py`"
+    # ... and Helm loads exactly those files as the chart's CRDs
+    crds = {c["filename"]: c["data"] for c in chart.crds()}
+    assert crds == {f"kiln/crds/{p.name}": p.read_text() for p in sorted((REPO / "crds").glob("*.yaml"))}
+
+
+def test_crd_check_fails_on_any_difference(tmp_path):
+    source, target = tmp_path / "crds", tmp_path / "chart-crds"
+    shutil.copytree(REPO / "crds", source)
+    sync_crds.sync(source, target)
+    assert sync_crds.differences(source, target) == []
+    first = sorted(target.glob("*.yaml"))[0]
+    first.write_bytes(first.read_bytes() + b" ")  # one trailing space
+    (target / "old.yaml").write_text("stale")
+    (source / "new.yaml").write_text("kind: CustomResourceDefinition\n")
+    diff = sync_crds.differences(source, target)
+    assert len(diff) == 3 and any(first.name in d for d in diff)
+    sync_crds.sync(source, target)
+    assert sync_crds.differences(source, target) == [] and not (target / "old.yaml").exists()
+
+
+# -- lint and render ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_helm_lint_has_no_errors_or_warnings(values_file):
+    report = chart.lint(values_of(values_file) if values_file else None)
+    assert report["errors"] == []
+    serious = [m for m in report["messages"] if m["severity"] >= 2]
+    assert serious == []
+
+
+def test_lint_reports_a_broken_template(tmp_path):
+    broken = tmp_path / "kiln"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text("{{ .Values.nope.deeper }}\n")
+    report = chart.lint(chart=broken)
+    assert report["errors"], report
+
+
+def test_defaults_render_the_operator_its_rbac_and_service():
+    objs = rendered()
+    kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objs)
+    assert kinds == ["ClusterRole/kiln-operator", "ClusterRole/kiln-operator-cluster",
+                     "ClusterRoleBinding/kiln-operator", "ClusterRoleBinding/kiln-operator-cluster",
+                     "Deployment/kiln-operator", "Service/kiln-operator", "ServiceAccount/kiln-operator"]
+    assert all(o["metadata"].get("namespace") in (None, "kiln-system") for o in objs)
+    dep = one(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "kiln-operator" and pod["automountServiceAccountToken"] is True
+    c = pod["containers"][0]
+    assert c["image"] == "kiln/operator:0.1.0"
+    assert c["command"] == ["python", "-m", "kopf", "run"]
+    assert c["args"] == ["--standalone", "--log-format=json", "--liveness=http://$(POD_IP):8080/healthz",
+                         "--all-namespaces", "-m", "kiln_operator"]
+    # POD_IP comes first: the kubelet expands $(VAR) only from variables defined before
+    assert c["env"][0] == {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    env = env_of(c)
+    assert env["KILN_GATEWAY"] == "$(POD_IP):8081"
+    assert {k: env[k] for k in ("KILN_TRAINER_IMAGE", "KILN_SERVER_IMAGE", "KILN_ALLOWED_IMAGES", "KILN_S3_SECRET",
+                                "KILN_BUCKET", "AWS_REGION", "KILN_WATCH_TIMEOUT")} == {
+        "KILN_TRAINER_IMAGE": "kiln/trainer:0.1.0", "KILN_SERVER_IMAGE": "kiln/server:0.1.0",
+        "KILN_ALLOWED_IMAGES": "kiln/", "KILN_S3_SECRET": "kiln-s3", "KILN_BUCKET": "kiln",
+        "AWS_REGION": "us-east-1", "KILN_WATCH_TIMEOUT": "300"}
+    assert "KILN_S3_ENDPOINT" not in env and "envFrom" not in c  # AWS S3 with ServiceAccount credentials
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "gateway": 8081}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    svc = one(objs, "Service")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "gateway": (8081, "gateway"), "health": (8080, "health")}
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert one(objs, "ServiceAccount")["automountServiceAccountToken"] is False
+
+
+def test_the_rendered_kopf_command_line_parses():
+    from click.testing import CliRunner
+    from kopf import cli
+
+    for values in ({}, {"operator": {"watchNamespaces": ["a", "b"]}}):
+        c = operator_container(rendered(values))
+        argv = [a.replace("$(POD_IP)", "127.0.0.1") for a in c["args"]]
+        ctx = cli.run.make_context("run", list(argv))
+        assert ctx.params["standalone"] is True and ctx.params["modules"] == ("kiln_operator",)
+        assert ctx.params["liveness_endpoint"] == "http://127.0.0.1:8080/healthz"
+        assert bool(ctx.params["clusterwide"]) != bool(ctx.params["namespaces"])  # kopf refuses both
+    assert CliRunner().invoke(cli.main, ["run", "--nonsense"]).exit_code != 0  # the parse above can fail
+
+
+def leaves(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def test_ci_values_files_set_every_option():
+    """Every key of values.yaml is set by ci/full-values.yaml or, where options exclude each other, another ci file."""
+    covered = {leaf for path in CI_VALUES for leaf in leaves(values_of(path))}
+    missing = [k for k in leaves(values_of(CHART / "values.yaml"))
+               if not any(c == k or c.startswith(k + ".") for c in covered)]
+    assert not missing, f"no ci/*-values.yaml sets {missing}"
+
+
+def test_full_values_exercise_every_option():
+    values = values_of(CHART / "ci" / "full-values.yaml")
+    objs = rendered(values)
+    kinds = {o["kind"] for o in objs}
+    assert {"PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy", "Job", "PersistentVolumeClaim", "Secret",
+            "RoleBinding"} <= kinds
+    c = operator_container(objs)
+    pod = one(objs, "Deployment", "kiln-operator")["spec"]["template"]
+    assert c["image"] == "acme/kiln-operator@" + values["image"]["digest"] and c["imagePullPolicy"] == "Always"
+    assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"]
+    assert "--all-namespaces" not in c["args"] and "--log-format=full" in c["args"]
+    assert "--liveness=http://0.0.0.0:9080/healthz" in c["args"]
+    env = env_of(c)
+    assert env["KILN_GATEWAY"] == "0.0.0.0:9081" and env["KILN_ALLOWED_IMAGES"] == "acme/kiln-,acme/ml-team-"
+    assert env["KILN_TRAINER_IMAGE"] == "acme/kiln-trainer:0.1.0-rc1" and env["KILN_S3_SECRET"] == "team-s3"
+    assert env["KILN_DEFAULT_STORAGE"] == "s3://ml-models/registry" and env["KILN_EXTRA"] == "1"
+    assert env["KILN_S3_ENDPOINT"] == "http://kiln-seaweedfs.kiln-system.svc:8333"
+    assert c["envFrom"] == [{"secretRef": {"name": "kiln-s3"}}]
+    assert "AWS_SECRET_ACCESS_KEY" not in env  # credentials only through the Secret
+    assert pod["metadata"]["labels"]["team"] == "platform" and "checksum/s3-secret" in pod["metadata"]["annotations"]
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "kiln-sa" and spec["priorityClassName"] == "system-cluster-critical"
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"} and spec["tolerations"][0]["key"] == "dedicated"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}] and "nodeAffinity" in spec["affinity"]
+    secret = one(objs, "Secret", "kiln-s3")
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "trial-access-key",
+                                    "AWS_SECRET_ACCESS_KEY": "trial-secret-key"}
+    job = one(objs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "ml-models"
+    assert one(objs, "ConfigMap")["metadata"]["namespace"] == "monitoring"
+    assert one(objs, "PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert one(objs, "Service", "kiln-operator")["spec"]["type"] == "NodePort"
+    seaweed = one(objs, "Deployment", "kiln-seaweedfs")["spec"]["template"]["spec"]
+    assert seaweed["securityContext"]["runAsUser"] == 20001
+    assert one(objs, "PersistentVolumeClaim")["spec"]["storageClassName"] == "standard"
+    netpol = one(objs, "NetworkPolicy")
+    assert netpol["spec"]["ingress"][1]["ports"] == [{"port": "gateway", "protocol": "TCP"}]
+
+
+def test_production_values_use_an_existing_secret_and_no_gateway():
+    objs = rendered(values_of(CHART / "ci" / "production-values.yaml"))
+    assert not [o for o in objs if o["kind"] in ("Secret", "ServiceAccount")]
+    c = operator_container(objs)
+    env = env_of(c)
+    assert c["envFrom"] == [{"secretRef": {"name": "kiln-s3"}}]
+    assert env["KILN_GATEWAY"] == "" and env["KILN_S3_ENDPOINT"] == "http://minio.storage.svc:9000"
+    assert [p["name"] for p in one(objs, "Service")["spec"]["ports"]] == ["health"]
+    binding = one(objs, "ClusterRoleBinding", "kiln-operator")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kiln-operator-managed",
+                                    "namespace": "kiln-system"}]
+    assert one(objs, "Job")["spec"]["template"]["spec"]["containers"][0]["envFrom"] == c["envFrom"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"imagee": {"tag": "x"}}, "imagee"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+    ({"s3": {"bucket": "Not_A_Bucket"}}, "bucket"),
+    ({"operator": {"watchNamespaces": ["Bad Name"]}}, "watchNamespaces"),
+    ({"images": {"allowed": ["kiln/,evil/"]}}, "allowed"),
+    ({"s3": {"existingSecret": "mine", "accessKeyId": "a", "secretAccessKey": "b"}}, "not both"),
+    ({"s3": {"accessKeyId": "a"}}, "go together"),
+    ({"seaweedfs": {"enabled": True}}, "seaweedfs.enabled needs"),
+])
+def test_bad_values_are_refused_with_the_field_named(values, message):
+    with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+        chart.render(values)
+
+
+def test_watch_namespaces_bind_the_namespaced_rules_per_namespace_only():
+    objs = rendered({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                "name": "kiln-operator"} for b in bindings)
+    # the namespaced rules are not granted cluster-wide
+    assert [b["roleRef"]["name"] for b in objs if b["kind"] == "ClusterRoleBinding"] == ["kiln-operator-cluster"]
+    cluster_rules = one(objs, "ClusterRole", "kiln-operator-cluster")["rules"]
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in cluster_rules
+
+
+# -- RBAC --------------------------------------------------------------------------------------------------
+
+
+def rbac_rules(objs: list[dict]) -> list[dict]:
+    return [r for o in objs if o["kind"] in ("ClusterRole", "Role") for r in o["rules"]]
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_rbac_has_no_wildcards(values_file):
+    rules = rbac_rules(rendered(values_of(values_file) if values_file else None))
+    assert rules
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+            assert not any("*" in item for item in rule.get(key) or []), f"wildcard in {key}: {rule}"
+        assert "nonResourceURLs" not in rule
+
+
+def test_rbac_has_no_wildcards_check_can_fail():
+    objs = rendered()
+    one(objs, "ClusterRole", "kiln-operator")["rules"].append({"apiGroups": [""], "resources": ["*"], "verbs": ["get"]})
+    assert any("*" in r["resources"] for r in rbac_rules(objs))
+
+
+EXPECTED_RULES = {
+    # (apiGroup, resource): verbs -- each justified by a call in operator/kiln_operator/ or kopf
+    ("kiln.dev", "trainingjobs"): {"get", "list", "watch", "patch"},
+    ("kiln.dev", "models"): {"get", "list", "watch", "patch"},
+    ("kiln.dev", "deployments"): {"get", "list", "watch", "patch"},
+    ("kiln.dev", "trainingjobs/status"): {"patch"},
+    ("kiln.dev", "deployments/status"): {"patch"},
+    ("kiln.dev", "models/status"): {"update"},
+    ("kiln.dev", "trainingjobs/finalizers"): {"update"},
+    ("kiln.dev", "deployments/finalizers"): {"update"},
+    ("", "events"): {"create"},
+    ("batch", "jobs"): {"get", "create", "delete"},
+    ("", "pods"): {"list"},
+    ("", "services"): {"get", "create", "patch"},
+    ("apps", "deployments"): {"get", "list", "create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+}
+
+
+def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def test_rbac_is_exactly_what_the_operator_uses():
+    assert grants(rbac_rules(rendered())) == EXPECTED_RULES
+
+
+def test_rbac_covers_every_child_the_builders_make():
+    """Every object the pure builders produce can be got, created and patched (kube.ensure / ensure_job)."""
+    from kiln_contract import spec as specs
+    from kiln_operator import deployment_builder, trainingjob_builder
+
+    meta = {"name": "iris", "namespace": "ml", "uid": "u-1", "generation": 1}
+    tj = {"metadata": meta, "spec": specs.validate("TrainingJob", {
+        "model": "iris", "dataset": {"uri": "builtin:iris"}, "algorithm": {"name": "knn"}})}
+    dep = {"metadata": meta, "spec": specs.validate("Deployment", {"model": {"name": "iris"},
+                                                                   "replicas": {"min": 2, "max": 3}})}
+    entry = {"version": 1, "uri": "s3://kiln/models/ml/iris/v1", "sha256": "a" * 64, "formats": ["onnx"],
+             "artifacts": {"onnx": {"file": "model.onnx", "sha256": "a" * 64}}}
+    children = [
+        (trainingjob_builder.build_job(tj, version=1, run="g1", output=entry["uri"], image="kiln/trainer:0.1.0",
+                                       s3_secret="kiln-s3"), {"get", "create"}),
+        (deployment_builder.build_service(dep), {"get", "create", "patch"}),
+        (deployment_builder.build_server(dep, entry, track="stable", replicas=1, image="kiln/server:0.1.0",
+                                         s3_secret="kiln-s3"), {"get", "create", "patch", "list", "delete"}),
+        (deployment_builder.build_hpa(dep, "iris-v1", "autoscaling/v2"), {"get", "create", "patch"}),
+        (deployment_builder.build_pdb(dep, "policy/v1"), {"get", "create", "patch"}),
+    ]
+    plural = {"Job": "jobs", "Service": "services", "Deployment": "deployments",
+              "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets"}
+    granted = grants(rbac_rules(rendered()))
+    for manifest, verbs in children:
+        group = manifest["apiVersion"].rpartition("/")[0]
+        key = (group, plural[manifest["kind"]])
+        assert verbs <= granted.get(key, set()), f"{key} needs {verbs - granted.get(key, set())}"
+        owner = manifest["metadata"]["ownerReferences"][0]
+        assert "update" in granted[("kiln.dev", f"{owner['kind'].lower()}s/finalizers")]
+
+
+# -- monitoring ----------------------------------------------------------------------------------------------
+
+
+def test_dashboard_and_rules_use_metrics_the_server_exports():
+    objs = rendered(values_of(CHART / "ci" / "full-values.yaml"))
+    dashboard = json.loads(one(objs, "ConfigMap")["data"]["kiln.json"])
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for wanted in ("p99", "throughput", "replicas", "input distribution", "missing", "training runs", "error"):
+        assert wanted in titles, wanted
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = [r["expr"] for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    metrics_source = (REPO / "server-image" / "kiln_server" / "metrics.py").read_text()
+    used = set(re.findall(r"\bkiln_[a-z_]+", " ".join(exprs + rules)))
+    assert used
+    for name in used:
+        base = re.sub(r"_(bucket|count|sum|total)$", "", name)
+        assert f'"{base}' in metrics_source, f"{name} is not exported by kiln_server.metrics"
+    assert any("histogram_quantile(0.99" in e for e in exprs)
+    assert {r["alert"] for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"] if "alert" in r} == {
+        "KilnServingLatencyHigh", "KilnServingErrorRateHigh", "KilnOperatorDown", "KilnTrainingRunFailed"}
+    assert "{{ $labels.model }}" in json.dumps(one(objs, "PrometheusRule"))  # Prometheus templating survives Helm
+    monitor = one(objs, "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "kiln-server",
+                                                          "app.kubernetes.io/managed-by": "kiln"}
+
+
+def test_podmonitor_selects_the_pods_the_operator_builds():
+    from kiln_contract import spec as specs
+    from kiln_operator import deployment_builder
+
+    meta = {"name": "iris", "namespace": "ml", "uid": "u-1", "generation": 1}
+    dep = {"metadata": meta, "spec": specs.validate("Deployment", {"model": {"name": "iris"}})}
+    entry = {"version": 1, "uri": "s3://k/m/v1", "sha256": "a" * 64, "formats": ["onnx"],
+             "artifacts": {"onnx": {"file": "model.onnx", "sha256": "a" * 64}}}
+    server = deployment_builder.build_server(dep, entry, track="stable", replicas=1, image="kiln/server:0.1.0",
+                                             s3_secret="kiln-s3")
+    template = server["spec"]["template"]
+    monitor = one(rendered({"monitoring": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    assert port in {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+
+
+def test_notes_tell_how_to_reach_the_gateway_and_what_each_namespace_needs():
+    notes = chart.render()["kiln/templates/NOTES.txt"]
+    assert "kiln-operator.kiln-system.svc:8081/<namespace>/<deployment>/v2/models/<model>/infer" in notes
+    assert 'needs the Secret "kiln-s3"' in notes and "pod-security.kubernetes.io/enforce=restricted" in notes
