@@ -16,8 +16,9 @@ one row, and a 64-row batch) go to, in the same run:
 
 Load: Debian's wrk (one thread, a Lua script for the POST), closed loop at concurrency 1
 and 8, after a short warm-up; every response must be 2xx or the run is void. All servers
-run at once (idle but for the one measured) and are measured in turn for each point, so
-that load from elsewhere on the machine hits them alike. With two or
+run at once (idle but for the one measured); each point is measured in interleaved rounds
+(server A, B, C, A, B, C, ...) and reported as medians, so that load from elsewhere on
+the machine hits them alike instead of skewing one. With two or
 more CPUs the servers (and their child processes) are pinned to CPU 0 and wrk to CPU 1, so
 each server gets exactly one core whatever its process layout.
 
@@ -40,6 +41,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,6 +278,16 @@ def mlserver_dir(root: Path, model_dir: Path, port: int, parallel_workers: int) 
 # --- load ----------------------------------------------------------------------------------------
 
 
+def combine(runs: list[dict]) -> dict:
+    """Medians over rounds; requests and errors summed."""
+    def med(key):
+        return statistics.median(r[key] for r in runs)
+
+    return {"rps": med("rps"), "p50_ms": med("p50_ms"), "p90_ms": med("p90_ms"), "p99_ms": med("p99_ms"),
+            "requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
+            "rounds": [{k: r[k] for k in ("rps", "p50_ms", "p99_ms")} for r in runs]}
+
+
 def wrk_run(wrk: str, lua: Path, body_file: Path, url: str, connections: int, seconds: float) -> dict:
     argv = pinned([wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
                    "-s", str(lua), url], 1)
@@ -296,7 +308,7 @@ def wrk_run(wrk: str, lua: Path, body_file: Path, url: str, connections: int, se
 # --- main ----------------------------------------------------------------------------------------
 
 
-def run(seconds: float, warmup: float, with_mlserver: bool = True) -> dict:
+def run(seconds: float, warmup: float, with_mlserver: bool = True, rounds: int = 3) -> dict:
 
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
@@ -358,19 +370,29 @@ def run(seconds: float, warmup: float, with_mlserver: bool = True) -> dict:
                 results["notes"].append(f"{name}: {exc}")
                 print(f"{name}: FAILED: {exc}", file=sys.stderr, flush=True)
                 proc.stop()
-        print(f"measuring {', '.join(live)}: {seconds:.0f} s per point after {warmup:.0f} s warm-up", flush=True)
+        print(f"measuring {', '.join(live)}: {seconds:.0f} s per point ({rounds} rounds, medians) after "
+              f"{warmup:.0f} s warm-up", flush=True)
         for case, body_file in bodies.items():
             for c in CONCURRENCY:
+                point = f"{case}/c{c}"
+                runs: dict[str, list] = {name: [] for name in live}
                 for name, url in live.items():
-                    point = f"{case}/c{c}"
                     try:
                         wrk_run(wrk, lua, body_file, url, c, warmup)
-                        r = wrk_run(wrk, lua, body_file, url, c, seconds)
                     except Exception as exc:
-                        results["notes"].append(f"{name} {point}: {exc}")
+                        results["notes"].append(f"{name} {point} warm-up: {exc}")
+                for _ in range(rounds):  # interleaved: a burst of outside load hits one round, not one server
+                    for name, url in live.items():
+                        try:
+                            runs[name].append(wrk_run(wrk, lua, body_file, url, c, seconds / rounds))
+                        except Exception as exc:
+                            results["notes"].append(f"{name} {point}: {exc}")
+                for name, got in runs.items():
+                    if not got:
                         continue
+                    r = combine(got)
                     results["servers"].setdefault(name, {})[point] = r
-                    flag = "" if r["errors"] == 0 else f"  !! {r['errors']} errors {r['error_detail']}"
+                    flag = "" if r["errors"] == 0 else f"  !! {r['errors']} errors"
                     print(f"  {point:<11} {name:<9} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                           f"p99 {r['p99_ms']:6.2f} ms{flag}", flush=True)
     finally:
@@ -381,7 +403,8 @@ def run(seconds: float, warmup: float, with_mlserver: bool = True) -> dict:
     results["setup"] = {
         "model": "RandomForestClassifier(n_estimators=100, random_state=0), breast_cancer (30 features)",
         "payload": "Open Inference Protocol V2 JSON, FP64, [1, 30] and [64, 30]",
-        "load": f"wrk -t1, closed loop, {seconds:.0f} s per point after {warmup:.0f} s warm-up",
+        "load": f"wrk -t1, closed loop, {seconds:.0f} s per point in {rounds} interleaved rounds (medians) "
+                f"after {warmup:.0f} s warm-up",
         "pinning": "servers on CPU 0, wrk on CPU 1" if (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
         else "none",
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
@@ -442,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point (10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per point (2)")
     parser.add_argument("--quick", action="store_true", help="3 s points, 1 s warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point; medians (3)")
     parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
     parser.add_argument("--floor-app", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -450,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         run_floor(args.port)
         return 0
     seconds, warmup = (3.0, 1.0) if args.quick else (args.duration, args.warmup)
-    results = run(seconds, warmup, with_mlserver=not args.no_mlserver)
+    results = run(seconds, warmup, with_mlserver=not args.no_mlserver, rounds=max(1, args.rounds))
     print()
     print(table(results))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

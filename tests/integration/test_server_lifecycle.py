@@ -66,6 +66,19 @@ def test_tampered_joblib_is_refused_even_with_opt_in(tmp_path):
     assert code != 0 and "sha256 mismatch" in err and "pwned" not in err
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_artifact_that_cannot_load_stops_startup(tmp_path, workers):
+    """Checksums that match but bytes that are no ONNX model: a clear error and a non-zero exit."""
+    model = _copy(model_version("rf", ("onnx",)), tmp_path)
+    junk = b"this is not an ONNX graph"
+    (model / "model.onnx").write_bytes(junk)
+    card = cards.loads((model / MODEL_CARD).read_bytes())
+    card["artifacts"][0].update(sha256=sha256_file(model / "model.onnx"), bytes=len(junk))
+    (model / MODEL_CARD).write_bytes(cards.dumps(card))
+    code, err = Server(model, "bc", "--workers", workers).run_to_exit()
+    assert code != 0 and "ONNX Runtime cannot load the model" in err
+
+
 def test_uncommitted_version_and_missing_runtime_artifact(tmp_path):
     model = _copy(model_version("rf", ("onnx",)), tmp_path)
     code, err = Server(model, "bc", "--runtime", "sklearn").run_to_exit()
