@@ -4,7 +4,8 @@
     python charts/render.py [-f values.yaml ...] [--set key=value ...] [-n NAMESPACE] [--name RELEASE] [--crds]
     python charts/render.py --lint [-f values.yaml ...]
 
-Rendering prints what `helm template` would (with --crds, the CRDs first); pipe it to `kubectl apply -f -`.
+Rendering prints the objects `helm template` would, in Helm's install order (with --crds, the CRDs first; hooks
+last); pipe it to `kubectl apply -f -`.
 The tests import this file for render(), lint(), objects() and pod_templates().
 """
 
@@ -55,14 +56,39 @@ def lint(values: dict | None = None, *, chart: Path = CHART, strict: bool = Fals
     return _helm().lint(str(chart), values, strict=strict, namespace="kiln-system")
 
 
+# Helm's install order (pkg/release/util/kind_sorter.go); kinds not listed go last. Hooks run after the rest.
+INSTALL_ORDER = [
+    "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
+    "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass", "PersistentVolume",
+    "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole", "ClusterRoleList", "ClusterRoleBinding",
+    "ClusterRoleBindingList", "Role", "RoleList", "RoleBinding", "RoleBindingList", "Service", "DaemonSet", "Pod",
+    "ReplicationController", "ReplicaSet", "Deployment", "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob",
+    "IngressClass", "Ingress", "APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+]
+
+
+def _install_rank(obj: dict) -> tuple[int, int]:
+    hook = "helm.sh/hook" in ((obj.get("metadata") or {}).get("annotations") or {})
+    kind = obj.get("kind", "")
+    return int(hook), INSTALL_ORDER.index(kind) if kind in INSTALL_ORDER else len(INSTALL_ORDER)
+
+
 def objects(rendered: dict[str, str]) -> list[dict]:
-    """Every Kubernetes object in a rendering (NOTES.txt and empty documents left out), in template order."""
+    """Every Kubernetes object in a rendering (NOTES.txt and empty documents left out), in Helm's install order:
+    by kind (ServiceAccounts and Secrets before the workloads that use them), hooks last."""
     out = []
     for path in sorted(rendered):
         if not path.endswith((".yaml", ".yml")):
             continue
         out += [doc for doc in yaml.safe_load_all(rendered[path]) if doc]
-    return out
+    return sorted(out, key=_install_rank)  # stable: template order within a kind
+
+
+def manifest(rendered: dict[str, str], uninstall: bool = False) -> str:
+    """The objects as one multi-document YAML, in install order (what `kubectl apply -f -` should get), or with
+    uninstall=True in Helm's uninstall order, the reverse: the operator goes before the RBAC it runs under."""
+    objs = objects(rendered)
+    return yaml.safe_dump_all(list(reversed(objs)) if uninstall else objs, sort_keys=False)
 
 
 def pod_templates(objs: list[dict]) -> list[tuple[str, dict]]:
@@ -110,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if report["errors"] else 0
     docs = [c["data"].strip() for c in crds()] if args.crds else []
     rendered = render(values, name=args.name, namespace=args.namespace)
-    docs += [f"# Source: {path}\n{text.strip()}" for path, text in sorted(rendered.items())
-             if path.endswith(".yaml") and text.strip()]
+    docs.append(manifest(rendered).strip())
     print("\n---\n".join(docs))
     notes = next((text for path, text in rendered.items() if path.endswith("NOTES.txt")), "")
     if notes:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import re
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -105,8 +107,11 @@ def chart_install(cluster, core):
                      "createBucket": True},
               "operator": {"watchTimeout": 60}}
     rendered = chart.render(values, namespace=NS)
-    manifests = "\n---\n".join(text for path, text in sorted(rendered.items()) if path.endswith(".yaml"))
+    manifests = chart.manifest(rendered)  # Helm's install order: the Secret before the pods that load it
     crds = "\n---\n".join(c["data"] for c in chart.crds())
+    # an earlier run's namespace may still be terminating
+    wait_until(lambda: "Terminating" not in kubectl("get", "namespace", NS, "-o", "jsonpath={.status.phase}",
+                                                    check=False).stdout, 90, f"namespace {NS} to finish terminating")
     created_ns = kubectl("get", "namespace", NS, check=False).returncode != 0
     pid = None
     procs.stop("kiln-operator", grace=20)
@@ -123,11 +128,15 @@ def chart_install(cluster, core):
     finally:
         pod = operator_pod(core)
         pid = (pod_pid(pod.metadata.name) if pod else None) or pid
-        kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", "-", stdin=manifests,
-                check=False)
+        # the operator goes first (and its process ends) while its RBAC still exists, then the rest in
+        # Helm's uninstall order
+        kubectl("-n", NS, "delete", "deployment", "kiln-operator", "--ignore-not-found", "--cascade=foreground",
+                "--wait=true", "--timeout=60s", check=False)
         try:
             wait_until(lambda: operator_pod(core) is None and not (pid and alive(pid)), 60,
                        "the chart's operator pod and process to be gone")
+            kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", "-",
+                    stdin=chart.manifest(rendered, uninstall=True), check=False)
         finally:
             if created_ns:
                 kubectl("delete", "namespace", NS, "--wait=false", check=False)
@@ -162,9 +171,8 @@ def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install,
     spec = core.api_client.sanitize_for_serialization(pod.spec)
     assert pss.check(spec, pod.metadata.annotations) == []
     assert spec["serviceAccountName"] == "kiln-operator"
-    with http.client.HTTPConnection(ip, 8080, timeout=5) as conn:
-        conn.request("GET", "/healthz")
-        assert conn.getresponse().status == 200
+    with urllib.request.urlopen(f"http://{ip}:8080/healthz", timeout=5) as resp:
+        assert resp.status == 200
 
     # the create-bucket Job ran with the operator image and made the bucket
     def bucket_made():
@@ -172,7 +180,11 @@ def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install,
         assert not job.status.failed, "create-bucket Job failed: see .kiln/pods/kiln-system_kiln-create-bucket-*"
         return job.status.succeeded
 
-    wait_until(bucket_made, 60, "the create-bucket Job")
+    try:
+        wait_until(bucket_made, 60, "the create-bucket Job")
+    except AssertionError:
+        pods = core.list_namespaced_pod(NS, label_selector="job-name=kiln-create-bucket").items
+        raise AssertionError([p.status.container_statuses for p in pods]) from None
     storage.s3_client().head_bucket(Bucket=bucket)
 
     # least privilege, as the API server sees it
@@ -182,6 +194,21 @@ def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install,
                                     ("list", "namespaces", False)]:
         out = kubectl("auth", "can-i", verb, resource, f"--as={SA}", "-n", kiln_ns, check=False).stdout.strip()
         assert out == ("yes" if allowed else "no"), f"{verb} {resource}: {out}"
+
+    log = STATE / "pods" / f"{NS}_{pod.metadata.name}" / "operator.log"
+
+    def refused() -> list[str]:
+        """The API calls refused so far, e.g. 'cannot update resource "models/status" in API group "kiln.dev"'."""
+        text = log.read_text(errors="replace").replace('\\"', '"').replace('\\', "")
+        return sorted(set(re.findall(r'cannot \w+ resource "[^"]+" in API group "[^"]*"', text))) or [
+            line[:400] for line in text.splitlines() if "Forbidden" in line]
+
+    def no_refusal(check):
+        """A wait that fails at once, naming the call, when the operator was refused anything (missing RBAC)."""
+        def wrapped():
+            assert refused() == [], refused()[:3]
+            return check()
+        return wrapped
 
     # train -> a Model version registered in the chart's bucket
     create(custom, kiln_ns, "models", "Model", "iris", {"promotion": {"policy": "auto", "metric": "accuracy"}})
@@ -194,7 +221,7 @@ def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install,
         st = get(custom, kiln_ns, "trainingjobs", "iris").get("status") or {}
         return st.get("phase") in ("Succeeded", "Failed") and st
 
-    st = wait_until(trained, 120, "the TrainingJob to finish", interval=0.5)
+    st = wait_until(no_refusal(trained), 120, "the TrainingJob to finish", interval=0.5)
     assert st["phase"] == "Succeeded", st
     model = wait_until(lambda: (m := get(custom, kiln_ns, "models", "iris")).get("status", {}).get(
         "aliases", {}).get("production") and m, 30, "version 1 promoted")
@@ -210,23 +237,28 @@ def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install,
         return any(c["type"] == "Ready" and c["status"] == "True" and c["reason"] == "Serving"
                    for c in st.get("conditions", [])) and st
 
-    wait_until(serving, 90, "the Deployment to be Ready", interval=0.5)
+    wait_until(no_refusal(serving), 90, "the Deployment to be Ready", interval=0.5)
     status, answer = infer(ip, kiln_ns, "iris", "iris", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
     assert status == 200, answer
     labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
     assert [int(x) for x in labels] == [0, 2]
 
     # no call was refused: the RBAC covers everything the operator (and kopf) did on the way
-    log = (STATE / "pods" / f"{NS}_{pod.metadata.name}" / "operator.log").read_text(errors="replace")
-    refused = [line for line in log.splitlines() if "Forbidden" in line or " 403" in line or "forbidden" in line]
-    assert refused == [], refused[:5]
+    assert refused() == []
     assert time.monotonic() - t0 < 180
 
 
 @pytest.fixture(autouse=True)
-def _no_second_operator_after(cluster):
-    """After the test the working-tree operator runs again (the fixture above restarts it)."""
-    yield
+def _clean_uninstall(cluster):
+    """After the uninstall: the working-tree operator runs again, and the chart's operator never hit a 403,
+    not even while shutting down (it is stopped before its RBAC is deleted)."""
     from kiln_local import procs
+    from kiln_local.paths import STATE
 
+    started = time.time()
+    yield
     assert procs.running("kiln-operator"), "the working-tree operator was not restarted"
+    logs = [p for p in (STATE / "pods").glob(f"{NS}_kiln-operator-*/operator.log") if p.stat().st_mtime >= started]
+    for log in logs:
+        refused = [line[:300] for line in log.read_text(errors="replace").splitlines() if "Forbidden" in line]
+        assert refused == [], f"{log}: {refused[:3]}"
