@@ -8,6 +8,7 @@ stopped first (two operators must never handle the same objects) and restarted a
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import json
@@ -94,20 +95,20 @@ def infer(ip: str, ns: str, dep: str, model: str, rows: list[list[float]]) -> tu
     return resp.status, json.loads(data) if data.startswith(b"{") else {"raw": data.decode(errors="replace")}
 
 
-@pytest.fixture
-def chart_install(cluster, core):
-    """Install the chart (the working-tree operator stopped); yield (manifests, values); uninstall."""
+@contextlib.contextmanager
+def installed(core, extra: dict | None = None):
+    """Install the chart (the working-tree operator stopped first); yield (operator pod, values); uninstall and
+    restart the working-tree operator, whatever happened."""
     from kiln_local import cluster as local
     from kiln_local import procs, s3
 
     env = s3.read_env()
     bucket = f"kiln-chart-{uuid.uuid4().hex[:8]}"  # a fresh bucket: the chart's create-bucket Job makes it
-    values = {"s3": {"endpoint": env["KILN_S3_ENDPOINT"], "region": env["AWS_REGION"], "bucket": bucket,
-                     "accessKeyId": env["AWS_ACCESS_KEY_ID"], "secretAccessKey": env["AWS_SECRET_ACCESS_KEY"],
-                     "createBucket": True},
-              "operator": {"watchTimeout": 60}}
+    values = chart.merge({"s3": {"endpoint": env["KILN_S3_ENDPOINT"], "region": env["AWS_REGION"], "bucket": bucket,
+                                 "accessKeyId": env["AWS_ACCESS_KEY_ID"],
+                                 "secretAccessKey": env["AWS_SECRET_ACCESS_KEY"], "createBucket": True},
+                          "operator": {"watchTimeout": 60}}, extra or {})
     rendered = chart.render(values, namespace=NS)
-    manifests = chart.manifest(rendered)  # Helm's install order: the Secret before the pods that load it
     crds = "\n---\n".join(c["data"] for c in chart.crds())
     # an earlier run's namespace may still be terminating
     wait_until(lambda: "Terminating" not in kubectl("get", "namespace", NS, "-o", "jsonpath={.status.phase}",
@@ -119,12 +120,13 @@ def chart_install(cluster, core):
         kubectl("apply", "-f", "-", stdin=crds)  # what helm install does first; identical to crds/
         if created_ns:
             kubectl("create", "namespace", NS)
-        kubectl("apply", "-f", "-", stdin=manifests)
+        # Helm's install order: the Secret and ServiceAccount before the pods that use them
+        kubectl("apply", "-f", "-", stdin=chart.manifest(rendered))
         pod = wait_until(lambda: (p := operator_pod(core)) and p.status.pod_ip and any(
             c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) and p, 90,
             "the chart's operator pod to be Ready", interval=0.5)
         pid = pod_pid(pod.metadata.name)
-        yield pod, values, manifests
+        yield pod, values
     finally:
         pod = operator_pod(core)
         pid = (pod_pid(pod.metadata.name) if pod else None) or pid
@@ -158,23 +160,32 @@ def _drop_bucket(bucket: str) -> None:
         pass
 
 
-def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install, core, custom, kiln_ns, s3_env):
-    from kiln_contract import storage
+def refusals(pod) -> list[str]:
+    """API calls refused to the operator so far, e.g. 'cannot update resource "models/status" in API group ...'."""
     from kiln_local.paths import STATE
 
-    t0 = time.monotonic()
-    pod, values, _ = chart_install
-    ip = pod.status.pod_ip
-    bucket = values["s3"]["bucket"]
+    log = STATE / "pods" / f"{NS}_{pod.metadata.name}" / "operator.log"
+    text = log.read_text(errors="replace").replace('\\"', '"').replace('\\', "")
+    return sorted(set(re.findall(r'cannot \w+ resource "[^"]+" in API group "[^"]*"', text))) or [
+        line[:400] for line in text.splitlines() if "Forbidden" in line]
 
-    # the pod as admitted: restricted profile, its own ServiceAccount, liveness and gateway on the pod IP
+
+def can_i(verb: str, resource: str, ns: str) -> bool:
+    out = kubectl("auth", "can-i", verb, resource, f"--as={SA}", "-n", ns, check=False).stdout.strip()
+    assert out in ("yes", "no"), out
+    return out == "yes"
+
+
+def check_install(core, pod, values) -> None:
+    """The pod as admitted (restricted, own ServiceAccount, liveness on the pod IP); the create-bucket Job."""
+    from kiln_contract import storage
+
     spec = core.api_client.sanitize_for_serialization(pod.spec)
     assert pss.check(spec, pod.metadata.annotations) == []
     assert spec["serviceAccountName"] == "kiln-operator"
-    with urllib.request.urlopen(f"http://{ip}:8080/healthz", timeout=5) as resp:
+    with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8080/healthz", timeout=5) as resp:
         assert resp.status == 200
 
-    # the create-bucket Job ran with the operator image and made the bucket
     def bucket_made():
         job = client.BatchV1Api().read_namespaced_job("kiln-create-bucket", NS)
         assert not job.status.failed, "create-bucket Job failed: see .kiln/pods/kiln-system_kiln-create-bucket-*"
@@ -185,67 +196,80 @@ def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(chart_install,
     except AssertionError:
         pods = core.list_namespaced_pod(NS, label_selector="job-name=kiln-create-bucket").items
         raise AssertionError([p.status.container_statuses for p in pods]) from None
-    storage.s3_client().head_bucket(Bucket=bucket)
+    storage.s3_client().head_bucket(Bucket=values["s3"]["bucket"])
 
-    # least privilege, as the API server sees it
-    for verb, resource, allowed in [("patch", "trainingjobs.kiln.dev/status", True), ("create", "jobs.batch", True),
-                                    ("get", "secrets", False), ("create", "pods", False),
-                                    ("delete", "trainingjobs.kiln.dev", False), ("update", "deployments.apps", False),
-                                    ("list", "namespaces", False)]:
-        out = kubectl("auth", "can-i", verb, resource, f"--as={SA}", "-n", kiln_ns, check=False).stdout.strip()
-        assert out == ("yes" if allowed else "no"), f"{verb} {resource}: {out}"
 
-    log = STATE / "pods" / f"{NS}_{pod.metadata.name}" / "operator.log"
-
-    def refused() -> list[str]:
-        """The API calls refused so far, e.g. 'cannot update resource "models/status" in API group "kiln.dev"'."""
-        text = log.read_text(errors="replace").replace('\\"', '"').replace('\\', "")
-        return sorted(set(re.findall(r'cannot \w+ resource "[^"]+" in API group "[^"]*"', text))) or [
-            line[:400] for line in text.splitlines() if "Forbidden" in line]
+def lifecycle(custom, pod, ns: str, bucket: str, serve: bool = True) -> None:
+    """TrainingJob -> Model version -> Deployment Ready -> a prediction through the chart operator's gateway.
+    Every wait fails at once, naming the call, when the operator was refused anything (missing RBAC)."""
 
     def no_refusal(check):
-        """A wait that fails at once, naming the call, when the operator was refused anything (missing RBAC)."""
         def wrapped():
-            assert refused() == [], refused()[:3]
+            assert refusals(pod) == [], refusals(pod)[:3]
             return check()
         return wrapped
 
-    # train -> a Model version registered in the chart's bucket
-    create(custom, kiln_ns, "models", "Model", "iris", {"promotion": {"policy": "auto", "metric": "accuracy"}})
-    create(custom, kiln_ns, "trainingjobs", "TrainingJob", "iris", {
+    create(custom, ns, "models", "Model", "iris", {"promotion": {"policy": "auto", "metric": "accuracy"}})
+    create(custom, ns, "trainingjobs", "TrainingJob", "iris", {
         "model": "iris", "dataset": {"uri": "builtin:iris"},
         "algorithm": {"name": "random_forest", "params": {"n_estimators": 10, "max_depth": 3}},
         "export": {"formats": ["onnx"]}})
 
     def trained():
-        st = get(custom, kiln_ns, "trainingjobs", "iris").get("status") or {}
+        st = get(custom, ns, "trainingjobs", "iris").get("status") or {}
         return st.get("phase") in ("Succeeded", "Failed") and st
 
     st = wait_until(no_refusal(trained), 120, "the TrainingJob to finish", interval=0.5)
     assert st["phase"] == "Succeeded", st
-    model = wait_until(lambda: (m := get(custom, kiln_ns, "models", "iris")).get("status", {}).get(
-        "aliases", {}).get("production") and m, 30, "version 1 promoted")
+    model = wait_until(no_refusal(lambda: (m := get(custom, ns, "models", "iris")).get("status", {}).get(
+        "aliases", {}).get("production") and m), 30, "version 1 promoted")
     v1 = model["status"]["versions"][0]
-    assert v1["state"] == "Registered" and v1["uri"].startswith(f"s3://{bucket}/models/{kiln_ns}/iris/v1")
+    assert v1["state"] == "Registered" and v1["uri"].startswith(f"s3://{bucket}/models/{ns}/iris/v1")
+    if not serve:
+        return
 
-    # serve it and predict through the chart operator's gateway on its pod IP
-    create(custom, kiln_ns, "deployments", "Deployment", "iris", {"model": {"name": "iris"},
-                                                                  "replicas": {"min": 1, "max": 1}})
+    create(custom, ns, "deployments", "Deployment", "iris", {"model": {"name": "iris"},
+                                                             "replicas": {"min": 1, "max": 1}})
 
     def serving():
-        st = get(custom, kiln_ns, "deployments", "iris").get("status") or {}
+        st = get(custom, ns, "deployments", "iris").get("status") or {}
         return any(c["type"] == "Ready" and c["status"] == "True" and c["reason"] == "Serving"
                    for c in st.get("conditions", [])) and st
 
     wait_until(no_refusal(serving), 90, "the Deployment to be Ready", interval=0.5)
-    status, answer = infer(ip, kiln_ns, "iris", "iris", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+    status, answer = infer(pod.status.pod_ip, ns, "iris", "iris", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
     assert status == 200, answer
     labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
     assert [int(x) for x in labels] == [0, 2]
+    assert refusals(pod) == []
 
-    # no call was refused: the RBAC covers everything the operator (and kopf) did on the way
-    assert refused() == []
+
+def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(cluster, core, custom, kiln_ns, s3_env):
+    t0 = time.monotonic()
+    with installed(core) as (pod, values):
+        check_install(core, pod, values)
+        # least privilege, as the API server sees it
+        for verb, resource, allowed in [
+                ("patch", "trainingjobs.kiln.dev/status", True), ("create", "jobs.batch", True),
+                ("list", "pods", True), ("get", "secrets", False), ("create", "pods", False),
+                ("delete", "trainingjobs.kiln.dev", False), ("update", "deployments.apps", False),
+                ("list", "namespaces", False), ("create", "clusterrolebindings", False)]:
+            assert can_i(verb, resource, kiln_ns) is allowed, f"{verb} {resource}"
+        lifecycle(custom, pod, kiln_ns, values["s3"]["bucket"])
     assert time.monotonic() - t0 < 180
+
+
+def test_watch_namespaces_grants_and_serves_only_those(cluster, core, custom, kiln_ns, s3_env):
+    t0 = time.monotonic()
+    with installed(core, {"operator": {"watchNamespaces": [kiln_ns]}}) as (pod, values):
+        assert f"--namespace={kiln_ns}" in pod.spec.containers[0].args
+        check_install(core, pod, values)
+        assert can_i("patch", "trainingjobs.kiln.dev/status", kiln_ns)
+        assert can_i("create", "jobs.batch", kiln_ns)
+        assert not can_i("create", "jobs.batch", "default") and not can_i("list", "pods", "default")
+        assert can_i("list", "namespaces", kiln_ns)  # kopf matches the watched names against them
+        lifecycle(custom, pod, kiln_ns, values["s3"]["bucket"], serve=False)
+    assert time.monotonic() - t0 < 120
 
 
 @pytest.fixture(autouse=True)

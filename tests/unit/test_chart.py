@@ -26,7 +26,6 @@ def _load(name: str):
 
 
 chart = _load("render")
-sync_crds = _load("sync_crds")
 
 
 def values_of(path: Path) -> dict:
@@ -50,31 +49,6 @@ def operator_container(objs: list[dict]) -> dict:
 
 def env_of(container: dict) -> dict:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
-
-
-# -- CRDs ----------------------------------------------------------------------------------------------
-
-
-def test_chart_crds_are_byte_for_byte_the_repository_crds():
-    assert sync_crds.differences() == [], "charts/kiln/crds is stale: run `python charts/sync_crds.py`"
-    # ... and Helm loads exactly those files as the chart's CRDs
-    crds = {c["filename"]: c["data"] for c in chart.crds()}
-    assert crds == {f"kiln/crds/{p.name}": p.read_text() for p in sorted((REPO / "crds").glob("*.yaml"))}
-
-
-def test_crd_check_fails_on_any_difference(tmp_path):
-    source, target = tmp_path / "crds", tmp_path / "chart-crds"
-    shutil.copytree(REPO / "crds", source)
-    sync_crds.sync(source, target)
-    assert sync_crds.differences(source, target) == []
-    first = sorted(target.glob("*.yaml"))[0]
-    first.write_bytes(first.read_bytes() + b" ")  # one trailing space
-    (target / "old.yaml").write_text("stale")
-    (source / "new.yaml").write_text("kind: CustomResourceDefinition\n")
-    diff = sync_crds.differences(source, target)
-    assert len(diff) == 3 and any(first.name in d for d in diff)
-    sync_crds.sync(source, target)
-    assert sync_crds.differences(source, target) == [] and not (target / "old.yaml").exists()
 
 
 # -- lint and render ---------------------------------------------------------------------------------------
