@@ -73,6 +73,7 @@ class App:
                                self.artifact.card, self.schema)
         self.batcher = Batcher(runtime.predict, self.cfg.batch_max_size, self.cfg.batch_max_latency_ms / 1000,
                                on_batch=self.metrics.batch)
+        self.batcher.seed(getattr(runtime, "seconds_per_call", 0.0))
         self.metadata = dumps(model_metadata(self.name, self.version, runtime.platform, self.schema, {
             "runtime": runtime.name, "sha256": self.artifact.sha256, "format": self.artifact.format,
         }))
@@ -254,7 +255,10 @@ class App:
                 req = parse_json(body)
                 batch = decode_v2(req, self.schema) if v2 else decode_v1(req, self.schema)
                 queued = True
-                label, probs = await batcher.submit(batch.x, batch.n)
+                if batcher.can_run_now():
+                    label, probs = batcher.run_now(batch.x, batch.n)
+                else:
+                    label, probs = await batcher.submit(batch.x, batch.n)
                 ok = finite_rows(label, probs)
                 if not ok.all():
                     rows = np.flatnonzero(~ok)

@@ -7,9 +7,15 @@ while the inference thread is busy, are concatenated into one batch (at most
 `max_rows` rows; a larger single request runs alone). When some requests have started
 arriving but are not queued yet, a flush waits for them, at most `max_latency` seconds.
 
-Inference runs inline on the event loop while batches are quick (the measured average
-under `INLINE_MAX_S`): handing a 10-µs ONNX call to a thread would cost more than the call.
-Slower models run on one dedicated inference thread so the loop keeps parsing requests.
+Three regimes, chosen by the measured average inference time (warm-up seeds it):
+
+* under DIRECT_MAX_S (a small ONNX forest: ~5 µs a row): with nothing queued, a request runs
+  the model directly in its handler. A future, a loop callback and a batch would cost more
+  than they could save, and requests never queue, so there is never anything to batch;
+* under INLINE_MAX_S: requests go through the queue and run inline on the event loop, in
+  batches of what arrived together;
+* slower: batches run on one dedicated inference thread, so the loop keeps reading requests
+  meanwhile, and what arrives while the thread is busy forms the next batch.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 
 from kiln_server.errors import ClientError
 
+DIRECT_MAX_S = 0.00005
 INLINE_MAX_S = 0.0005
 
 
@@ -71,6 +78,23 @@ class Batcher:
             else:
                 self._hurry()
         return fut
+
+    def can_run_now(self) -> bool:
+        return self.avg_s <= DIRECT_MAX_S and not self.queue and not self.busy and self.scheduled is None
+
+    def run_now(self, x, n: int):
+        """Run one request's rows at once, in the caller (see can_run_now); ClientError for bad input."""
+        self.arriving -= 1
+        t0 = time.perf_counter()
+        try:
+            result = self.predict(x)
+        except Exception as exc:
+            raise _as_client_error(exc) from exc
+        finally:
+            self._note(time.perf_counter() - t0)
+        if self.on_batch is not None:
+            self.on_batch(x, n)
+        return result
 
     def _hurry(self) -> None:
         """A waiting flush need not wait any longer once nothing else is arriving or the batch is full."""

@@ -278,8 +278,11 @@ def warm_up(runtime, card: dict) -> None:
         label, probs = runtime.predict(rows_to_batch(schema, [row]))
     except Exception as exc:
         raise StartupError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from exc
-    for _ in range(2):
-        runtime.predict(rows_to_batch(schema, [row]))
+    one = rows_to_batch(schema, [row])
+    runtime.predict(one)
+    t1 = time.perf_counter()
+    runtime.predict(one)
+    runtime.seconds_per_call = time.perf_counter() - t1
     schema.label_datatype = v2_datatype(label.dtype)
     if probs is not None:
         schema.proba_datatype = v2_datatype(probs.dtype)

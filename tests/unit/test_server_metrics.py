@@ -133,3 +133,25 @@ def test_slow_models_run_on_the_inference_thread():
 
     assert len(run(main())) == 6
     assert all(t.startswith("kiln-inference") for t in threads)
+
+
+def test_fast_models_run_directly_and_slow_ones_queue():
+    seen = []
+
+    def predict(x):
+        if np.isinf(x).any():
+            raise ValueError("Input contains infinity")
+        return np.zeros(len(x), dtype=np.int64), None
+
+    b = Batcher(predict, on_batch=lambda x, n: seen.append(n))
+    b.seed(5e-6)  # a 5-µs ONNX forest
+    assert b.can_run_now()
+    b.arrive()
+    label, _ = b.run_now(np.zeros((3, 1)), 3)
+    assert label.tolist() == [0, 0, 0] and seen == [3] and b.arriving == 0
+    b.arrive()
+    with pytest.raises(ClientError) as info:
+        b.run_now(np.full((1, 1), np.inf), 1)
+    assert info.value.status == 422 and b.arriving == 0
+    b.seed(0.002)  # a 2-ms model: through the queue, so requests that pile up are batched
+    assert not b.can_run_now()
