@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 SYSTEM_STAMP := .kiln/.system-deps
 export KUBECONFIG := $(CURDIR)/.kiln/kubeconfig
 
-.PHONY: demo test unit integration lint bench cluster-up cluster-down cluster-status system-deps binaries clean
+.PHONY: demo test unit integration lint bench cluster-up cluster-down cluster-status system-deps binaries clean \
+	chart-sync chart-lint e2e
 
 # Debian packages the project needs beyond a stock Python machine (the Kubernetes
 # build toolchain is installed by tests/cluster/build-binaries.sh on first use).
@@ -60,6 +61,18 @@ lint: $(STAMP)
 
 bench: binaries
 	$(PY) bench/run_all.py
+
+# The chart's CRDs are copies of crds/ made here, never by hand (a unit test compares them).
+chart-sync: $(STAMP)
+	$(PY) charts/sync_crds.py
+
+chart-lint: $(STAMP)
+	$(PY) charts/render.py --lint
+	$(PY) charts/render.py | $(PY) charts/pod_security.py
+
+# kind + Docker + helm: runs where they exist, skips with the reason elsewhere.
+e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e -q -rs
 
 clean: cluster-down
 	rm -rf .kiln

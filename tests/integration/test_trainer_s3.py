@@ -94,7 +94,7 @@ def test_unreachable_or_missing_data_exits_2(s3_env, s3_prefix, tmp_path):
                                    f"{s3_prefix}/a", tmp_path)
     assert code == 2 and summary == {"status": "Failed", "reason": "DataUnavailable",
                                      "message": summary["message"]}
-    assert "https://127.0.0.1:9/data.csv" in summary["message"]
+    assert "https://127.0.0.1:9/data.csv" in summary["message"] and "loopback" in summary["message"]
     code, summary, _ = run_trainer({**base, "dataset": {"uri": f"{s3_prefix}/no/such.csv", "target": "y"}},
                                    f"{s3_prefix}/b", tmp_path)
     assert code == 2 and summary["reason"] == "DataUnavailable" and "NoSuchKey" in summary["message"]

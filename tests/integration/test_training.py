@@ -248,3 +248,20 @@ def test_schedule_runs_one_at_a_time_and_suspend_stops_it(custom, kiln_ns):
     jobs = sorted(client.BatchV1Api().list_namespaced_job(kiln_ns).items, key=lambda j: j.status.start_time)
     for a, b in zip(jobs, jobs[1:], strict=False):
         assert a.status.completion_time is not None and a.status.completion_time <= b.status.start_time
+
+
+@pytest.mark.parametrize(("extra", "reason", "text"), [
+    ({"image": "evil.example/miner:1"}, "ImageNotAllowed", "spec.image"),
+    ({"image": "kiln/no-such-image:1"}, "ImageNotRunnable", "ErrImagePull"),
+    ({"timeout": 1, "algorithm": {"name": "random_forest", "params": {"n_estimators": 3000}}},
+     "DeadlineExceeded", "spec.timeout"),
+])
+def test_failures_carry_their_reason(custom, kiln_ns, extra, reason, text):
+    create(custom, kiln_ns, "models", "Model", "iris", {})
+    create(custom, kiln_ns, "trainingjobs", "TrainingJob", "broken", {**tj_spec(retries=0), **extra})
+    status = finished(custom, kiln_ns, "broken", timeout=120)
+    cond = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert (status["phase"], cond["reason"]) == ("Failed", reason), status
+    assert text in cond["message"]
+    events = client.CoreV1Api().list_namespaced_event(kiln_ns, field_selector="involvedObject.name=broken").items
+    assert reason in {e.reason for e in events}

@@ -285,18 +285,28 @@ def test_cpu_count_from_resources():
 # ---- https (requests stubbed: no network here) ------------------------------------------------
 
 class _Response:
-    def __init__(self, status, content=b""):
+    def __init__(self, status, content=b"", headers=None):
         self.status_code = status
         self.content = content
+        self.headers = headers or {}
 
 
-def test_https_dataset_is_fetched_with_a_timeout_and_retried_on_5xx(monkeypatch):
+@pytest.fixture
+def public_dns(monkeypatch):
+    """data.example resolves to a public documentation address (no DNS here)."""
+    import socket
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [(2, 1, 6, "", ("93.184.216.34", port))])
+
+
+def test_https_dataset_is_fetched_with_a_timeout_and_retried_on_5xx(monkeypatch, public_dns):
     import requests
 
     calls = []
     replies = [_Response(503), _Response(200, b"a,b\n1,x\n2,y\n")]
 
-    def fake_get(url, timeout):
+    def fake_get(url, timeout, allow_redirects=True):
+        assert allow_redirects is False
         calls.append((url, timeout))
         return replies.pop(0)
 
@@ -307,14 +317,28 @@ def test_https_dataset_is_fetched_with_a_timeout_and_retried_on_5xx(monkeypatch)
     assert len(calls) == 2 and calls[0][1] == datasets.HTTP_TIMEOUT
 
 
-def test_https_404_is_data_unavailable_without_retry(monkeypatch):
+def test_https_404_is_data_unavailable_without_retry(monkeypatch, public_dns):
     import requests
 
     calls = []
-    monkeypatch.setattr(requests, "get", lambda url, timeout: calls.append(url) or _Response(404))
+    monkeypatch.setattr(requests, "get", lambda url, timeout, **kw: calls.append(url) or _Response(404))
     with pytest.raises(DataUnavailable, match="HTTP 404"):
         datasets.load({"uri": "https://data.example/missing.parquet"})
     assert len(calls) == 1
+
+
+def test_https_redirects_are_not_followed(monkeypatch, public_dns):
+    import requests
+
+    redirect = _Response(302, headers={"Location": "https://169.254.169.254/latest/meta-data/"})
+    monkeypatch.setattr(requests, "get", lambda url, timeout, **kw: redirect)
+    with pytest.raises(DataUnavailable, match="redirects are not followed"):
+        datasets.load({"uri": "https://data.example/t.csv"})
+
+
+def test_https_to_the_metadata_service_is_refused():
+    with pytest.raises(DataUnavailable, match="metadata"):
+        datasets.load({"uri": "https://169.254.169.254/latest/meta-data/iam.csv"})
 
 
 def test_operator_source_env_is_recorded(monkeypatch):

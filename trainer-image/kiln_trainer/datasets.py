@@ -110,16 +110,26 @@ def _read_s3(uri: str) -> bytes:
 def _read_https(uri: str) -> bytes:
     import requests
 
+    from kiln_contract.netguard import UnsafeURL, check_url
+
+    try:
+        check_url(uri)
+    except UnsafeURL as exc:
+        raise DataUnavailable(f"cannot fetch dataset {exc}") from exc
     last = None
     for attempt in range(HTTP_ATTEMPTS):
         try:
-            resp = requests.get(uri, timeout=HTTP_TIMEOUT)
+            # No redirects: a redirect could lead to an address check_url refuses.
+            resp = requests.get(uri, timeout=HTTP_TIMEOUT, allow_redirects=False)
         except requests.RequestException as exc:
             last = f"{type(exc).__name__}"
         else:
             if resp.status_code == 200:
                 return resp.content
             last = f"HTTP {resp.status_code}"
+            if 300 <= resp.status_code < 400:
+                last += f" redirect to {resp.headers.get('Location', '?')} (redirects are not followed)"
+                break
             if resp.status_code < 500 and resp.status_code != 429:
                 break  # 4xx: asking again will not help
         if attempt + 1 < HTTP_ATTEMPTS:
