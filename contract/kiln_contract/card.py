@@ -21,6 +21,16 @@ artifacts against it. Keys every card carries:
                columns in features.names order. With categorical features: one input per
                raw column, named as the column, shape [-1, 1], FP32 or BYTES.
 
+features.distributions, per raw feature, is the training reference a drift check compares
+serving traffic with (the trainer writes it, the server buckets live inputs by its edges):
+    numeric      {"kind": "numeric", "count", "missing", "mean", "std", "min", "max",
+                  "quantiles": {"p01": …, "p99": …},
+                  "histogram": {"edges": [11 ascending], "counts": [10]}}
+    categorical  {"kind": "categorical", "count", "missing", "distinct",
+                  "frequencies": {value: share, "__other__": share of the rest}}
+Classifiers without predict_proba export `scores` instead of `probabilities`; servers then
+answer with the label only.
+
 features.names are the RAW input columns, in order; the artifact (a whole scikit-learn
 Pipeline) applies cleaning-imputation, scaling and encoding itself, so a server feeds
 raw values and nothing else.

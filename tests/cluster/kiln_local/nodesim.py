@@ -484,12 +484,12 @@ class PodRunner(threading.Thread):
         known = ", ".join(sorted({n for n in dockerfile.IMAGES}))
         message = (f"image {images[0]} is not one of Kiln's images the node simulator can run "
                    f"(repository name one of: {known})")
-        self.sim.event(self.pod, "Warning", "ErrImagePull", message)
         statuses = [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
                      "restartCount": 0, "started": False,
                      "state": {"waiting": {"reason": "ErrImagePull", "message": message}}}
                     for c in self.pod["spec"]["containers"]]
         self.publish(self._pod_status("Pending", statuses, ready=False, initialized=True))
+        self.sim.event(self.pod, "Warning", "ErrImagePull", message)  # after the status, as a kubelet reports
         while self.stopping is None:
             time.sleep(0.5)
         self._finish([])
