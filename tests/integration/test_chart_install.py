@@ -9,9 +9,6 @@ stopped first (two operators must never handle the same objects) and restarted a
 from __future__ import annotations
 
 import contextlib
-import http.client
-import importlib.util
-import json
 import re
 import subprocess
 import time
@@ -20,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from chart_scripts import load as load_chart_script
 from kube_helpers import wait_until
 from kubernetes import client
 
@@ -32,15 +30,9 @@ NS = "kiln-system"
 SA = f"system:serviceaccount:{NS}:kiln-operator"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"kiln_chart_{name}", REPO / "charts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-chart = _load("render")
-pss = _load("pod_security")
+chart = load_chart_script("render")
+pss = load_chart_script("pod_security")
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -85,14 +77,10 @@ def alive(pid: int) -> bool:
 
 
 def infer(ip: str, ns: str, dep: str, model: str, rows: list[list[float]]) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection(ip, 8081, timeout=60)
-    body = json.dumps({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
-                                   "data": rows}]})
-    conn.request("POST", f"/{ns}/{dep}/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, json.loads(data) if data.startswith(b"{") else {"raw": data.decode(errors="replace")}
+    """Through the chart's operator's gateway, which listens on its pod IP."""
+    from kiln_local.gateway_client import infer as via_gateway
+
+    return via_gateway(ns, dep, model, rows, timeout=60, gateway=(ip, 8081))
 
 
 @contextlib.contextmanager

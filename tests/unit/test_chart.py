@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chart_scripts import load as load_chart_script
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kiln"
@@ -18,14 +18,8 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e '.[dev]')")
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"kiln_chart_{name}", REPO / "charts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-chart = _load("render")
+chart = load_chart_script("render")
 
 
 def values_of(path: Path) -> dict:

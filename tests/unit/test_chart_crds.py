@@ -5,21 +5,16 @@ No Helm needed for the comparison itself, so this never skips; `python charts/sy
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
+
+from chart_scripts import load as load_chart_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"kiln_chart_{name}", REPO / "charts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-sync_crds = _load("sync_crds")
+sync_crds = load_chart_script("sync_crds")
 
 
 def test_chart_crds_are_byte_for_byte_the_repository_crds():
@@ -32,7 +27,7 @@ def test_helm_loads_exactly_those_files_as_the_chart_crds():
     import pytest
 
     pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e '.[dev]')")
-    crds = {c["filename"]: c["data"] for c in _load("render").crds()}
+    crds = {c["filename"]: c["data"] for c in load_chart_script("render").crds()}
     assert crds == {f"kiln/crds/{p.name}": p.read_text() for p in sorted((REPO / "crds").glob("*.yaml"))}
 
 

@@ -8,11 +8,11 @@ Deployment's pod (deployment_builder.build_server), in their plain and their mos
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+from chart_scripts import load as load_chart_script
 
 from kiln_contract import spec as specs
 from kiln_operator import deployment_builder, trainingjob_builder
@@ -20,14 +20,8 @@ from kiln_operator import deployment_builder, trainingjob_builder
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"kiln_chart_{name}", REPO / "charts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-pss = _load("pod_security")
+pss = load_chart_script("pod_security")
 
 META = {"name": "iris", "namespace": "ml", "uid": "u-1", "generation": 1}
 ENTRY = {"version": 3, "uri": "s3://kiln/models/ml/iris/v3", "sha256": "a" * 64, "formats": ["joblib", "onnx"],
@@ -64,7 +58,7 @@ WORKLOADS = {
 def chart_pods() -> dict[str, tuple[dict, dict]]:
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed")
     assert helm
-    render = _load("render")
+    render = load_chart_script("render")
     out = {}
     for values_file in [None, *sorted((REPO / "charts" / "kiln" / "ci").glob("*-values.yaml"))]:
         values = yaml.safe_load(values_file.read_text()) if values_file else None

@@ -16,8 +16,11 @@ from kiln_local.cluster import GATEWAY
 HOST, PORT = GATEWAY.rsplit(":", 1)
 
 
-def infer(ns: str, dep: str, model: str, rows: list[list[float]], timeout: float = 120) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection(HOST, int(PORT), timeout=timeout)
+def infer(ns: str, dep: str, model: str, rows: list[list[float]], timeout: float = 120,
+          gateway: tuple[str, int] | None = None) -> tuple[int, dict]:
+    """POST rows to a model through a gateway (the local operator's unless given) over the V2 protocol."""
+    host, port = gateway or (HOST, int(PORT))
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     body = json.dumps({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
                                    "data": rows}]})
     conn.request("POST", f"/{ns}/{dep}/v2/models/{model}/infer", body, {"Content-Type": "application/json"})

@@ -35,6 +35,7 @@ from kubernetes.client.rest import ApiException
 from kiln_local import dockerfile
 from kiln_local.controlplane import API_PORT
 from kiln_local.paths import KUBECONFIG, STATE
+from kiln_local.procs import signal_group as _signal_group
 
 log = logging.getLogger("kiln.nodesim")
 NODE_NAME = os.environ.get("KILN_NODE_NAME", "kiln-node")
@@ -237,16 +238,6 @@ class Container:
         if self.last_state:
             out["lastState"] = self.last_state
         return out
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 class PodRunner(threading.Thread):

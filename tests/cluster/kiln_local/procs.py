@@ -54,13 +54,13 @@ def stop(name: str, grace: float = 10.0) -> bool:
     pidfile(name).unlink(missing_ok=True)
     if pid is None:
         return False
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not _alive(pid):
             return True
         time.sleep(0.1)
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     return True
 
 
@@ -70,14 +70,15 @@ def kill(name: str) -> bool:
     pidfile(name).unlink(missing_ok=True)
     if pid is None:
         return False
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return True
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
+    """Signal a process group (processes start in their own session), or the process alone."""
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
