@@ -12,7 +12,17 @@ import time
 import urllib.request
 
 from kiln_contract import spec as specs
-from kiln_operator import conditions, deployment_builder, images, kube, labels, serving_metrics, serving_state
+from kiln_operator import (
+    artifacts,
+    conditions,
+    deployment_builder,
+    drift,
+    images,
+    kube,
+    labels,
+    serving_metrics,
+    serving_state,
+)
 from kiln_operator.settings import Settings
 
 log = logging.getLogger("kiln.deployments")
@@ -54,11 +64,12 @@ def ready_pods(pods: list[dict]) -> list[dict]:
     return [p for p in pods if ready(p)]
 
 
-def scrape(pod: dict) -> serving_metrics.Sample | None:
+def scrape(pod: dict) -> str | None:
+    """A serving pod's /metrics text, or None when it cannot be read this round."""
     url = f"http://{pod['status']['podIP']}:{deployment_builder.PORT}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=1.5) as resp:
-            return serving_metrics.parse(resp.read().decode())
+            return resp.read().decode()
     except Exception:  # noqa: BLE001 - a pod that cannot be scraped contributes nothing this round
         return None
 
@@ -72,12 +83,15 @@ def observe(state: serving_state.ServingState, pods: list[dict], now: float) -> 
     per_version: dict[int, serving_metrics.Sample] = {}
     total = serving_metrics.Sample()
     seen = {}
+    state.texts = {}
     for pod in pods:
-        sample = scrape(pod)
-        if sample is None:
+        text = scrape(pod)
+        if text is None:
             continue
+        sample = serving_metrics.parse(text)
         name = pod["metadata"]["name"]
         seen[name] = sample
+        state.texts[name] = (_version(pod), text)
         d = serving_metrics.delta(sample, state.last.get(name))
         per_version[_version(pod)] = per_version.get(_version(pod), serving_metrics.Sample()) + d
         total = total + d
@@ -210,6 +224,8 @@ def reconcile(dep: dict, cfg: Settings, now: float | None = None) -> tuple[dict,
     if int((spec.get("replicas") or {}).get("min", 1)) >= 2:
         kube.ensure(deployment_builder.build_pdb(dep, kube.preferred("policy", ("policy/v1", "policy/v1beta1"))))
 
+    drift_scores = _check_drift(spec, state, serving, entries, now, cond, events, ns)
+
     ready = sum(_ready(d) for d in servers.values())
     replicas = sum(int((d.get("spec") or {}).get("replicas") or 0) for d in servers.values())
     if target is not None or serving:
@@ -238,7 +254,55 @@ def reconcile(dep: dict, cfg: Settings, now: float | None = None) -> tuple[dict,
         "desiredReplicas": desired, "url": f"http://{name}.{ns}.svc/v2/models/{spec['model']['name']}",
         "conditions": conds,
     }
+    if drift_scores is not None:
+        patch["driftScores"] = drift_scores
     return patch, events
+
+
+def _check_drift(spec, state, serving, entries, now, cond, events, ns) -> dict | None:
+    """Every drift.interval seconds: PSI of the serving version's live inputs vs its training data."""
+    cfg = (spec.get("monitoring") or {}).get("drift") or {}
+    if not cfg.get("enabled") or not serving or serving not in entries:
+        return None
+    if now - state.drift_checked < cfg.get("interval", 60):
+        return None
+    state.drift_checked = now
+    if serving not in state.cards:
+        state.cards[serving] = artifacts.read_card(entries[serving]["uri"]) or {}
+    distributions = (state.cards[serving].get("features") or {}).get("distributions") or {}
+    live: dict = {}
+    for version, text in state.texts.values():
+        if version == serving:
+            live = drift.merge(live, drift.live_histograms(text))
+    drifted, scores = drift.assess(distributions, live, cfg.get("threshold", 0.2), cfg.get("minSamples", 100))
+    if drifted is None:
+        cond("Drifted", "Unknown", "InsufficientData",
+             f"fewer than {cfg.get('minSamples', 100)} live values per feature so far")
+    elif not drifted:
+        cond("Drifted", False, "NoDrift", f"every feature's PSI is at most {cfg.get('threshold', 0.2)}")
+    else:
+        worst = sorted(((v, f) for f, v in scores.items() if v > cfg.get("threshold", 0.2)), reverse=True)
+        message = "; ".join(f"{f} PSI {v:.2f}" for v, f in worst[:5]) + f" > {cfg.get('threshold', 0.2)}"
+        if not state.drifted:
+            events.append(("Warning", "Drifted", f"input drift on version {serving}: {message}"))
+            if cfg.get("retrain"):
+                events.append(_request_retrain(ns, cfg["retrain"], serving))
+        cond("Drifted", True, "FeatureDrift", message)
+    state.drifted = bool(drifted)
+    return scores
+
+
+def _request_retrain(ns: str, training_job: str, version: int) -> tuple[str, str, str]:
+    """Annotate the TrainingJob; a new annotation value makes it start a new run."""
+    stamp = conditions.now()
+    try:
+        kube.custom().patch_namespaced_custom_object(
+            "kiln.dev", "v1alpha1", ns, "trainingjobs", training_job,
+            {"metadata": {"annotations": {labels.RETRAIN: stamp}}})
+    except Exception as exc:  # noqa: BLE001 - reported as an event, the drift stays reported
+        return ("Warning", "RetrainFailed", f"spec.monitoring.drift.retrain: {training_job}: {exc}")
+    return ("Normal", "RetrainRequested", f"TrainingJob {training_job} asked to retrain (drift on version {version})")
+
 
 
 def _analyse(spec, status, state, per_version, servers, serving, canary, now):

@@ -9,6 +9,8 @@ TRAININGJOB = "kiln.dev/trainingjob"
 MODEL = "kiln.dev/model"
 VERSION = "kiln.dev/version"
 RUN = "kiln.dev/run"
+# Annotation on a TrainingJob: a new value asks for a new run (set on drift, or by hand).
+RETRAIN = "kiln.dev/retrain-requested"
 
 
 def owner_reference(kind: str, meta: dict) -> dict:

@@ -19,6 +19,10 @@ class ServingState:
     last_time: float | None = None
     canary_base: Sample | None = None  # canary pods' totals when the current step began
     wake: bool = False  # the activator asked for a replica
+    texts: dict[str, tuple[int, str]] = field(default_factory=dict)  # pod -> (version, last /metrics text)
+    cards: dict[int, dict] = field(default_factory=dict)  # version -> model card (training distributions)
+    drift_checked: float = 0.0
+    drifted: bool = False
 
 
 _states: dict[tuple[str, str], ServingState] = {}

@@ -7,9 +7,19 @@ import logging
 
 from croniter import croniter
 
+from kiln_contract import checksums, storage
 from kiln_contract import spec as specs
-from kiln_contract import storage
-from kiln_operator import artifacts, conditions, images, job_outcome, kube, models, registry, trainingjob_builder
+from kiln_operator import (
+    artifacts,
+    conditions,
+    images,
+    job_outcome,
+    kube,
+    labels,
+    models,
+    registry,
+    trainingjob_builder,
+)
 from kiln_operator.settings import Settings
 
 log = logging.getLogger("kiln.trainingjobs")
@@ -33,6 +43,9 @@ def due_run(tj: dict, spec: dict, status: dict, now: dt.datetime) -> tuple[str, 
     schedule = spec.get("schedule")
     if not schedule:
         run = f"g{tj['metadata']['generation']}"
+        retrain = (tj["metadata"].get("annotations") or {}).get(labels.RETRAIN)
+        if retrain:
+            run += f"-r{checksums.sha256_bytes(retrain.encode())[:8]}"
         return None if status.get("run") == run else (run, None)
     last = _parse(status.get("lastScheduleTime") or tj["metadata"]["creationTimestamp"])
     itr = croniter(schedule, last)

@@ -168,3 +168,39 @@ def test_load_step_scales_up_then_idle_scales_to_zero_and_the_first_request_wake
     status, answer = infer(kiln_ns, "iris", "iris", [row], timeout=180)
     assert status == 200, answer
     assert get(custom, kiln_ns, "deployments", "iris")["status"]["replicas"] >= 1
+
+
+def test_input_drift_sets_drifted_and_retrains(custom, kiln_ns):
+    create(custom, kiln_ns, "models", "Model", "iris", {"promotion": {"policy": "auto"}})
+    train(custom, kiln_ns, "iris-train")
+    create(custom, kiln_ns, "deployments", "Deployment", "iris", {
+        "model": {"name": "iris"},
+        "monitoring": {"drift": {"enabled": True, "threshold": 0.2, "interval": 2, "minSamples": 100,
+                                 "retrain": "iris-train"}}})
+    ready(custom, kiln_ns, "iris", version=1)
+    rows = iris_rows()
+
+    def drifted_condition():
+        st = get(custom, kiln_ns, "deployments", "iris")["status"]
+        return next((c for c in st.get("conditions", []) if c["type"] == "Drifted"), None)
+
+    assert infer(kiln_ns, "iris", "iris", rows)[0] == 200  # the training distribution itself
+    cond = wait_until(lambda: (c := drifted_condition()) and c["reason"] != "InsufficientData" and c, 30,
+                      "a drift verdict")
+    assert (cond["status"], cond["reason"]) == ("False", "NoDrift"), cond
+
+    shifted = [[v + 10.0 for v in row] for row in rows]
+    for _ in range(3):
+        assert infer(kiln_ns, "iris", "iris", shifted)[0] == 200
+    cond = wait_until(lambda: (c := drifted_condition()) and c["status"] == "True" and c, 30, "Drifted")
+    assert cond["reason"] == "FeatureDrift" and "PSI" in cond["message"]
+    assert get(custom, kiln_ns, "deployments", "iris")["status"]["driftScores"]
+
+    # the named TrainingJob runs again and registers version 2
+    def retrained():
+        st = get(custom, kiln_ns, "trainingjobs", "iris-train").get("status") or {}
+        return st.get("modelVersion") == 2 and st.get("phase") == "Succeeded" and st
+
+    wait_until(retrained, 120, "the retrain run")
+    events = client.CoreV1Api().list_namespaced_event(kiln_ns, field_selector="involvedObject.name=iris").items
+    assert {"Drifted", "RetrainRequested"} <= {e.reason for e in events}
