@@ -81,3 +81,18 @@ def test_checksums(tmp_path):
     checksums.verify("a.bin", checksums.sha256_bytes(b"kiln").upper(), checksums.sha256_file(f))
     with pytest.raises(checksums.ChecksumMismatch, match="a.bin"):
         checksums.verify("a.bin", "0" * 64, checksums.sha256_file(f))
+
+
+def test_every_example_manifest_matches_its_crd():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    kinds = {}
+    for path in sorted(root.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion") == "kiln.dev/v1alpha1":
+                spec.validate(doc["kind"], doc.get("spec") or {})
+                kinds[doc["kind"]] = kinds.get(doc["kind"], 0) + 1
+    assert set(kinds) == {"TrainingJob", "Model", "Deployment"}, kinds
