@@ -1,6 +1,7 @@
 """Inference server benchmark: Kiln's server vs MLServer vs the floor of a bare ASGI app.
 
-    python bench/bench_server.py [--duration 10] [--quick]
+    python bench/bench_server.py [--duration 10] [--quick] [--rounds 3] [--out FILE]
+    python bench/bench_server.py --rescore [--out FILE]   # ratios again from a results file, no run
 
 Reference model: RandomForestClassifier(n_estimators=100, random_state=0) on scikit-learn's
 breast_cancer (30 features). The SAME payloads (Open Inference Protocol V2 JSON, FP64,
@@ -27,8 +28,11 @@ MLServer is installed on first use into its own venv under .kiln/bench/mlserver-
 uvloop<0.22; scikit-learn pinned to the version that wrote the joblib). If that fails the
 table says so and the other servers are still measured.
 
-Output: a table on stdout; JSON in bench/results/server.json. Every server started is
-stopped at the end (SIGTERM, then SIGKILL after 10 s), whatever happens.
+Output: a table on stdout; JSON in bench/results/server.json (--out elsewhere, e.g. for a short
+check with --quick --rounds 1). Ratios per point: throughput, p50 and p99 of kiln against
+mlserver and floor (and kiln-skl against mlserver); `target` checks the issue's goal, kiln's
+p99 at most P99_TARGET (1/10) of MLServer's at concurrency 8. Every server started is stopped
+at the end (SIGTERM, then SIGKILL after 10 s), whatever happens.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ MLSERVER_VENV = STATE / "mlserver-venv"
 MLSERVER_PINS = ["mlserver==1.7.*", "mlserver-sklearn==1.7.*", "uvloop<0.22"]
 BATCH_ROWS = 64
 CONCURRENCY = (1, 8)
+P99_TARGET = 0.1  # kiln p99 / MLServer p99 at concurrency 8
 
 LUA = r"""
 wrk.method = "POST"
@@ -399,7 +404,7 @@ def run(seconds: float, warmup: float, with_mlserver: bool = True, rounds: int =
         for p in procs:
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
-    results["ratios"] = ratios(results["servers"])
+    rescore(results)
     results["setup"] = {
         "model": "RandomForestClassifier(n_estimators=100, random_state=0), breast_cancer (30 features)",
         "payload": "Open Inference Protocol V2 JSON, FP64, [1, 30] and [64, 30]",
@@ -437,8 +442,26 @@ def ratios(servers: dict) -> dict:
             if k and o and o["rps"] > 0:
                 row[f"{mine}/{other} throughput"] = round(k["rps"] / o["rps"], 3)
                 row[f"{mine}/{other} p50"] = round(k["p50_ms"] / o["p50_ms"], 3) if o["p50_ms"] else None
+                row[f"{mine}/{other} p99"] = round(k["p99_ms"] / o["p99_ms"], 3) if o["p99_ms"] else None
         out[point] = row
     return out
+
+
+def target(ratio_rows: dict) -> dict:
+    """The issue's goal: kiln's p99 at most P99_TARGET of MLServer's at concurrency 8, per payload."""
+    points = {}
+    for point, row in ratio_rows.items():
+        r = row.get("kiln/mlserver p99")
+        if point.endswith(f"/c{max(CONCURRENCY)}") and r is not None:
+            points[point] = {"kiln/mlserver p99": r, "met": r <= P99_TARGET}
+    return {"goal": f"kiln p99 <= {P99_TARGET} x mlserver p99 at concurrency {max(CONCURRENCY)}",
+            "points": points, "met": bool(points) and all(p["met"] for p in points.values())}
+
+
+def rescore(results: dict) -> dict:
+    results["ratios"] = ratios(results["servers"])
+    results["target"] = target(results["ratios"])
+    return results
 
 
 def table(results: dict) -> str:
@@ -452,9 +475,16 @@ def table(results: dict) -> str:
                 bad = f"  ({r['errors']} errors)" if r["errors"] else ""
                 lines.append(f"{point:<12} {name:<9} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}{bad}")
         ratio = results["ratios"].get(point, {})
-        if ratio:
-            lines.append(f"{'':<12} " + "  ".join(f"{k} = {v:.2f}x" for k, v in ratio.items() if v is not None))
+        for mine_other in dict.fromkeys(k.rsplit(" ", 1)[0] for k in ratio):
+            values = "  ".join(f"{what} {ratio[f'{mine_other} {what}']:.3f}x" for what in ("throughput", "p50", "p99")
+                               if ratio.get(f"{mine_other} {what}") is not None)
+            lines.append(f"{'':<12} {mine_other:<20} {values}")
         lines.append("")
+    goal = results.get("target")
+    if goal and goal["points"]:
+        verdicts = ", ".join(f"{p} {v['kiln/mlserver p99']:.3f} ({'met' if v['met'] else 'NOT met'})"
+                             for p, v in goal["points"].items())
+        lines.append(f"target: {goal['goal']}: {verdicts}")
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -467,19 +497,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 s points, 1 s warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point; medians (3)")
     parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (bench/results/server.json)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="no run: recompute the ratios and the target of the results in --out, print, rewrite")
     parser.add_argument("--floor-app", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.floor_app:
         run_floor(args.port)
         return 0
-    seconds, warmup = (3.0, 1.0) if args.quick else (args.duration, args.warmup)
-    results = run(seconds, warmup, with_mlserver=not args.no_mlserver, rounds=max(1, args.rounds))
+    out = args.out.resolve()
+    if args.rescore:
+        results = rescore(json.loads(out.read_text()))
+    else:
+        seconds, warmup = (3.0, 1.0) if args.quick else (args.duration, args.warmup)
+        results = run(seconds, warmup, with_mlserver=not args.no_mlserver, rounds=max(1, args.rounds))
     print()
     print(table(results))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 0 if results["servers"].get("kiln") else 1
 
 

@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _uvicorn_kwargs(cfg: Config) -> dict:
+    """uvicorn's settings; the HTTP protocol is kiln_server.serving's (httptools, draining on SIGTERM)."""
     return {
         "host": cfg.host,
         "port": cfg.port,
-        "http": "httptools",
         "lifespan": "on",
         "access_log": False,
         "server_header": False,
@@ -67,7 +67,7 @@ def _exit_quietly(signum, frame) -> None:
 
 
 def serve_single(cfg: Config, artifact) -> int:
-    import uvicorn
+    from kiln_server import serving
 
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from kiln_server.app import App
@@ -81,14 +81,15 @@ def serve_single(cfg: Config, artifact) -> int:
              cfg.port)
     signal.signal(signal.SIGTERM, _exit_quietly)
     signal.signal(signal.SIGINT, _exit_quietly)
-    config = uvicorn.Config(app, **_uvicorn_kwargs(cfg))
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 3
+    try:
+        started = serving.serve(serving.config(app, **_uvicorn_kwargs(cfg)))
+    except serving.BindError as exc:
+        return fail(str(exc))
+    return 0 if started else 3
 
 
 def serve_workers(cfg: Config, artifact) -> int:
-    import uvicorn
+    from kiln_server import serving
 
     scratch = Path(tempfile.mkdtemp(prefix="kiln-server-"))
     metrics_dir = scratch / "metrics"
@@ -102,7 +103,11 @@ def serve_workers(cfg: Config, artifact) -> int:
     log.info("serving model %s version %s (%s) on %s:%d with %d workers", cfg.name, cfg.version,
              artifact.runtime, cfg.host, cfg.port, cfg.workers)
     try:
-        uvicorn.run("kiln_server.app:worker_app", factory=True, workers=cfg.workers, **_uvicorn_kwargs(cfg))
+        try:
+            serving.supervise(serving.config("kiln_server.app:worker_app", factory=True, workers=cfg.workers,
+                                             **_uvicorn_kwargs(cfg)), cfg.workers)
+        except serving.BindError as exc:
+            return fail(str(exc))
         if error_file.exists():
             return fail(error_file.read_text())
         return 0

@@ -253,7 +253,8 @@ class App:
             try:
                 body = await self._body(scope, receive)
                 req = parse_json(body)
-                batch = decode_v2(req, self.schema) if v2 else decode_v1(req, self.schema)
+                bools = b"true" in body or b"false" in body  # else no JSON boolean to look for among numbers
+                batch = decode_v2(req, self.schema, bools) if v2 else decode_v1(req, self.schema, bools)
                 queued = True
                 if batcher.can_run_now():
                     label, probs = batcher.run_now(batch.x, batch.n)

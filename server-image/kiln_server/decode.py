@@ -52,15 +52,35 @@ def parse_json(body: bytes) -> dict:
 
 
 def _lenient_json(body: bytes, exc: Exception):
-    """Python's json module writes NaN/Infinity literals; accept them (they are not standard JSON)."""
+    """Python's json module writes NaN/Infinity literals; accept them (they are not standard JSON).
+
+    Nothing else that orjson refuses gets through: nesting too deep for Python's parser and lone
+    surrogates (``"\\ud800"``, which Python's parser lets into strings) are malformed JSON too.
+    """
     if b"NaN" in body or b"Infinity" in body:
         import json
 
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            obj = json.loads(body)
+            _check_strings(obj)
+            return obj
+        except (ValueError, RecursionError):  # UnicodeDecodeError and UnicodeEncodeError are ValueErrors
             pass
     raise ClientError(400, f"malformed JSON: {exc}")
+
+
+def _check_strings(obj) -> None:
+    """Raise UnicodeEncodeError if a string (or key) anywhere in obj is not valid Unicode."""
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            v.encode("utf-8")
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
 
 
 def _json_type(value) -> str:
@@ -104,14 +124,32 @@ def _objects_to_float(a: np.ndarray, what: str, float_dtype) -> np.ndarray:
     return out.reshape(a.shape)
 
 
-def typed_values(data, datatype: str, what: str, float_dtype) -> np.ndarray:
+def _bool_index(data, ndim: int) -> int | None:
+    """Flat index of the first JSON boolean in data, nested `ndim` levels deep (regular), or None."""
+    items = data
+    for _ in range(ndim - 1):
+        items = [v for row in items for v in row]
+    return next((k for k, v in enumerate(items) if v is True or v is False), None)
+
+
+def _refuse_bools(data, a: np.ndarray, datatype: str, what: str) -> None:
+    """numpy turns booleans mixed with numbers into 1 and 0; a numeric tensor must not hold them."""
+    k = _bool_index(data, a.ndim)
+    if k is not None:
+        raise ClientError(422, f"{what}: element {k} is a boolean; datatype {datatype} takes numbers")
+
+
+def typed_values(data, datatype: str, what: str, float_dtype, bools: bool = True) -> np.ndarray:
     """Data of a tensor declared `datatype` -> an array: floats for numeric types, objects for BYTES.
 
     The values must be of the declared type: strings in an FP32 tensor or numbers in a BYTES
-    tensor are refused (422), not silently converted.
+    tensor are refused (422), not silently converted. `bools=False` tells that the request
+    holds no JSON `true`/`false` at all, which spares the search for booleans among numbers.
     """
     a = _infer(data, what)
     kind = a.dtype.kind
+    if bools and kind in "fiu" and datatype != "BOOL":
+        _refuse_bools(data, a, datatype, what)
     if datatype in FLOAT_TYPES:
         if kind in "fiu":
             return a.astype(float_dtype, copy=False)
@@ -165,7 +203,7 @@ def _shape(inp: dict, what: str) -> list[int]:
     return shape
 
 
-def _tensor(inp, i: int, float_dtype) -> tuple[str, str, list[int], np.ndarray]:
+def _tensor(inp, i: int, float_dtype, bools: bool = True) -> tuple[str, str, list[int], np.ndarray]:
     if not isinstance(inp, dict):
         raise ClientError(400, f"inputs[{i}] must be an object with name, shape, datatype and data")
     name = inp.get("name")
@@ -173,7 +211,7 @@ def _tensor(inp, i: int, float_dtype) -> tuple[str, str, list[int], np.ndarray]:
         raise ClientError(400, f"inputs[{i}].name must be a string")
     what = f"input {name!r}"
     datatype = inp.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise ClientError(
             400, f"{what}: unknown datatype {datatype!r}; use one of {', '.join(sorted(DATATYPES))}"
         )
@@ -183,12 +221,15 @@ def _tensor(inp, i: int, float_dtype) -> tuple[str, str, list[int], np.ndarray]:
     data = inp["data"]
     if not isinstance(data, list):
         data = [data]
-    values = typed_values(data, datatype, what, float_dtype)
+    values = typed_values(data, datatype, what, float_dtype, bools)
     expected = math.prod(shape)
     if values.size != expected:
         raise ClientError(
             400, f"{what}: shape {shape} holds {expected} values but data has {values.size}"
         )
+    if values.ndim > 1 and values.shape != tuple(shape):
+        raise ClientError(400, f"{what}: data is nested as {list(values.shape)} but shape is {shape}; "
+                          "send it flat or nested as the shape")
     return name, datatype, shape, values.reshape(-1)
 
 
@@ -208,7 +249,8 @@ def _check_kind(schema: Schema, j: int, datatype: str, what: str) -> None:
 # --- V2 --------------------------------------------------------------------------------------
 
 
-def decode_v2(body: dict, schema: Schema) -> Batch:
+def decode_v2(body: dict, schema: Schema, bools: bool = True) -> Batch:
+    """`bools=False`: the request text holds no `true`/`false` (see typed_values)."""
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ClientError(400, "'inputs' must be a non-empty array of tensors")
@@ -221,12 +263,16 @@ def decode_v2(body: dict, schema: Schema) -> Batch:
             raise ClientError(400, "'id' must be a string")
     fd = schema.float_dtype
     first = inputs[0]
-    if len(inputs) == 1 and isinstance(first, dict) and first.get("name") not in schema.index:
-        x, n = _matrix_input(first, schema)
+    if len(inputs) == 1 and isinstance(first, dict) and not _is_feature(first.get("name"), schema):
+        x, n = _matrix_input(first, schema, bools)
     else:
-        x, n = _feature_inputs(inputs, schema, fd)
+        x, n = _feature_inputs(inputs, schema, fd, bools)
     check_missing(x, schema)
     return Batch(x, n, rid, outputs)
+
+
+def _is_feature(name, schema: Schema) -> bool:
+    return isinstance(name, str) and name in schema.index
 
 
 def _requested_outputs(requested, schema: Schema) -> tuple[str, ...] | None:
@@ -246,7 +292,7 @@ def _requested_outputs(requested, schema: Schema) -> tuple[str, ...] | None:
     return tuple(names) if names else None
 
 
-def _matrix_input(inp: dict, schema: Schema):
+def _matrix_input(inp: dict, schema: Schema, bools: bool = True):
     name = inp.get("name")
     F = schema.n_features
     if isinstance(name, str) and isinstance(inp.get("shape"), list) and len(inp["shape"]) != 2:
@@ -260,7 +306,7 @@ def _matrix_input(inp: dict, schema: Schema):
         raise ClientError(
             422, f"features {_names(cats)} are categorical: send a BYTES matrix or one tensor per feature"
         )
-    name, datatype, shape, values = _tensor(inp, 0, schema.float_dtype)
+    name, datatype, shape, values = _tensor(inp, 0, schema.float_dtype, bools)
     what = f"input {name!r}"
     if datatype not in NUMERIC_TYPES and schema.all_numeric:
         raise ClientError(422, f"{what}: the model's features are numeric; send FP32 or FP64, not {datatype}")
@@ -292,13 +338,13 @@ def _parse_numbers(col: np.ndarray, what: str, float_dtype) -> np.ndarray:
         raise ClientError(422, f"{what}: holds values that are not numbers") from None
 
 
-def _feature_inputs(inputs: list, schema: Schema, fd):
+def _feature_inputs(inputs: list, schema: Schema, fd, bools: bool = True):
     seen: dict[str, int] = {}
     columns: list = [None] * schema.n_features
     unknown = []
     n = None
     for i, inp in enumerate(inputs):
-        name, datatype, shape, values = _tensor(inp, i, fd)
+        name, datatype, shape, values = _tensor(inp, i, fd, bools)
         j = schema.index.get(name)
         if j is None:
             unknown.append(name)
@@ -364,14 +410,15 @@ def check_missing(x, schema: Schema) -> None:
 # --- KServe V1 -------------------------------------------------------------------------------
 
 
-def decode_v1(body: dict, schema: Schema) -> Batch:
+def decode_v1(body: dict, schema: Schema, bools: bool = True) -> Batch:
+    """`bools=False`: the request text holds no `true`/`false` (see typed_values)."""
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise ClientError(400, "'instances' must be a non-empty array of rows")
     F = schema.n_features
     fd = schema.float_dtype
     if all(isinstance(r, dict) for r in instances):
-        x = _v1_dicts(instances, schema)
+        x = _v1_dicts(instances, schema, bools)
     elif all(isinstance(r, list) for r in instances):
         bad = next((k for k, r in enumerate(instances) if len(r) != F), None)
         if bad is not None:
@@ -379,9 +426,13 @@ def decode_v1(body: dict, schema: Schema) -> Batch:
                 422, f"instances[{bad}] has {len(instances[bad])} values but the model takes {F} features"
             )
         if schema.all_numeric:
-            x = typed_values(instances, "FP64", "instances", fd)
+            x = typed_values(instances, "FP64", "instances", fd, bools)
+            if x.ndim != 2:
+                raise ClientError(
+                    422, f"instances hold arrays inside rows; each instance must be a flat array of {F} values"
+                )
         else:
-            x = _v1_columns([list(c) for c in zip(*instances, strict=True)], schema)
+            x = _v1_columns([list(c) for c in zip(*instances, strict=True)], schema, bools)
     else:
         raise ClientError(
             422, f"each instance must be an array of {F} values or an object keyed by feature name"
@@ -390,7 +441,7 @@ def decode_v1(body: dict, schema: Schema) -> Batch:
     return Batch(x, len(instances))
 
 
-def _v1_dicts(rows: list[dict], schema: Schema):
+def _v1_dicts(rows: list[dict], schema: Schema, bools: bool = True):
     names = schema.index
     for k, r in enumerate(rows):
         if len(r) != len(names) or any(key not in names for key in r):
@@ -406,14 +457,22 @@ def _v1_dicts(rows: list[dict], schema: Schema):
     if schema.all_numeric:
         m = np.empty((len(rows), schema.n_features), dtype=schema.float_dtype)
         for j, c in enumerate(cols):
-            m[:, j] = typed_values(c, "FP64", f"feature {schema.names[j]!r}", schema.float_dtype)
+            m[:, j] = _v1_column(c, "FP64", f"feature {schema.names[j]!r}", schema.float_dtype, bools)
         return m
-    return _v1_columns(cols, schema)
+    return _v1_columns(cols, schema, bools)
 
 
-def _v1_columns(cols: list[list], schema: Schema):
+def _v1_columns(cols: list[list], schema: Schema, bools: bool = True):
     out = []
     for j, c in enumerate(cols):
         what = f"feature {schema.names[j]!r}"
-        out.append(typed_values(c, "BYTES" if schema.categorical[j] else "FP64", what, schema.float_dtype))
+        out.append(_v1_column(c, "BYTES" if schema.categorical[j] else "FP64", what, schema.float_dtype, bools))
     return out
+
+
+def _v1_column(values: list, datatype: str, what: str, float_dtype, bools: bool) -> np.ndarray:
+    """One feature's values over the instances: one value per instance, not an array."""
+    col = typed_values(values, datatype, what, float_dtype, bools)
+    if col.ndim != 1:
+        raise ClientError(422, f"{what}: a value is an array; an instance gives one value per feature")
+    return col

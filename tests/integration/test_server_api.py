@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_server_support import Server, model_version, v2_matrix
+from server_support import Server, infer, model_version, v2_matrix
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +25,6 @@ def server(rf):
     srv = Server(rf["dir"], "bc", "--max-body-bytes", str(MAX_BODY)).start()
     yield srv
     assert srv.stop() == 0
-
-
-def infer(server, body, path="/v2/models/bc/infer"):
-    return server.request("POST", path, body)
 
 
 # --- health and metadata -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_server_support import Server, model_version, v2_matrix
+from server_support import Server, model_version, v2_matrix
 
 from kiln_contract import MODEL_CARD
 from kiln_contract import card as cards

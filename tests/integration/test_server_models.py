@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_server_support import Server, model_version, v2_matrix
+from server_support import Server, model_version, v2_matrix
 
 pytestmark = pytest.mark.integration
 
