@@ -61,7 +61,15 @@ def stop(name: str, grace: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     signal_group(pid, signal.SIGKILL)
+    _reap(pid)
     return True
+
+
+def _reap(pid: int, timeout: float = 10.0) -> None:
+    """Wait until a killed process is gone (and reaped, when it is our child): no zombie stays behind."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def kill(name: str) -> bool:
@@ -71,9 +79,7 @@ def kill(name: str) -> bool:
     if pid is None:
         return False
     signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _reap(pid)
     return True
 
 

@@ -84,4 +84,4 @@ def _bucket(env: dict[str, str]) -> bool:
 
 
 def down() -> None:
-    procs.stop(NAME)
+    procs.stop(NAME, grace=5)  # weed server often ignores SIGTERM for good; its data is flushed by then
