@@ -80,7 +80,10 @@ def _bucket(env: dict[str, str]) -> bool:
     names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if env["KILN_BUCKET"] not in names:
         client.create_bucket(Bucket=env["KILN_BUCKET"])
-    return True
+    # The S3 gateway answers before the volume server has registered with the master; until then
+    # reads of stored objects fail. A write read back proves the data path is up.
+    client.put_object(Bucket=env["KILN_BUCKET"], Key=".kiln-ready", Body=b"ok")
+    return client.get_object(Bucket=env["KILN_BUCKET"], Key=".kiln-ready")["Body"].read() == b"ok"
 
 
 def down() -> None:
