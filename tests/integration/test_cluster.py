@@ -173,3 +173,22 @@ def test_unknown_image_stays_pending_with_an_event(core, namespace):
     pod = core.read_namespaced_pod("nginx", namespace)
     assert pod.status.phase == "Pending"
     assert pod.status.container_statuses[0].state.waiting.reason == "ErrImagePull"
+
+
+def test_pod_waits_for_a_missing_secret_then_runs(core, namespace):
+    env = [client.V1EnvVar(name="TOKEN", value_from=client.V1EnvVarSource(
+        secret_key_ref=client.V1SecretKeySelector(name="late", key="token")))]
+    script = "import os; open(os.environ['KILN_TERMINATION_LOG'], 'w').write(os.environ['TOKEN'])"
+    core.create_namespaced_pod(namespace, _pod("waits", "kiln/trainer:dev", ["python", "-c", script], env=env))
+
+    def config_error():
+        cs = core.read_namespaced_pod("waits", namespace).status.container_statuses
+        return cs and cs[0].state.waiting and cs[0].state.waiting.reason == "CreateContainerConfigError" and cs[0]
+
+    cs = wait_until(config_error, 30, "CreateContainerConfigError")
+    assert 'secret "late" not found' in cs.state.waiting.message
+    core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="late"),
+                                                             string_data={"token": "s3cr3t"}))
+    pod = wait_until(lambda: (p := core.read_namespaced_pod("waits", namespace)).status.phase == "Succeeded" and p,
+                     60, "the pod to run once the Secret exists")
+    assert pod.status.container_statuses[0].state.terminated.message == "s3cr3t"

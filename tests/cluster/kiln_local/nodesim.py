@@ -43,6 +43,7 @@ CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "1",
 PODS_DIR = STATE / "pods"
 LEASE_SECONDS = 40
 TERMINATION_MESSAGE_LIMIT = 4096
+CONFIG_RETRY_SECONDS = 2
 
 
 def now() -> str:
@@ -280,13 +281,22 @@ class PodRunner(threading.Thread):
         if unknown:
             self._unknown_image(unknown)
             return
-        try:
-            env_base = self._env_base()
-            inits = [self._container(c, env_base, True) for c in spec.get("initContainers", [])]
-            mains = [self._container(c, env_base, False) for c in spec["containers"]]
-        except (ApiException, KeyError, ValueError) as exc:
-            self._config_error(str(exc))
-            return
+        # Like a kubelet, keep retrying while a referenced Secret or ConfigMap is missing.
+        reported = None
+        while True:
+            try:
+                env_base = self._env_base()
+                inits = [self._container(c, env_base, True) for c in spec.get("initContainers", [])]
+                mains = [self._container(c, env_base, False) for c in spec["containers"]]
+                break
+            except (ApiException, KeyError, ValueError) as exc:
+                if str(exc) != reported:
+                    self._config_error(str(exc))
+                    reported = str(exc)
+                for _ in range(CONFIG_RETRY_SECONDS * 2):
+                    if self.stopping is not None:
+                        return self._finish([])
+                    time.sleep(0.5)
         policy = spec.get("restartPolicy", "Always")
         deadline = spec.get("activeDeadlineSeconds")
         t0 = time.monotonic()
@@ -492,9 +502,6 @@ class PodRunner(threading.Thread):
                      "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}
                     for c in self.pod["spec"]["containers"]]
         self.publish(self._pod_status("Pending", statuses, ready=False, initialized=True))
-        while self.stopping is None:
-            time.sleep(0.5)
-        self._finish([])
 
     def _status(self, containers: list[Container], phase: str) -> dict:
         mains = [c for c in containers if not c.init]
