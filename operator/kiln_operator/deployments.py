@@ -7,7 +7,6 @@ sits behind one Service, so a canary's share of traffic is its share of ready re
 
 from __future__ import annotations
 
-import logging
 import time
 import urllib.request
 
@@ -25,7 +24,6 @@ from kiln_operator import (
 )
 from kiln_operator.settings import Settings
 
-log = logging.getLogger("kiln.deployments")
 Events = list[tuple[str, str, str]]
 ROLLOUT_DEADLINE = 180.0  # seconds a new version may take to become ready before it is rolled back
 

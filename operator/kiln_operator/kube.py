@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import os
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kiln_contract import GROUP, VERSION
-
-log = logging.getLogger("kiln.kube")
 
 
 def service_account_dir() -> Path | None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from kiln_contract import checksums, storage
 from kiln_operator import artifacts, conditions, kube, registry
 from kiln_operator.settings import Settings
 
-log = logging.getLogger("kiln.models")
 MODELS = "models"
 
 

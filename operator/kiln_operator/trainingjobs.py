@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 from croniter import croniter
 
@@ -22,7 +21,6 @@ from kiln_operator import (
 )
 from kiln_operator.settings import Settings
 
-log = logging.getLogger("kiln.trainingjobs")
 ACTIVE = ("Pending", "Running")
 RUNS_KEPT = 10
 Events = list[tuple[str, str, str]]
