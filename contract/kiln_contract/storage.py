@@ -9,6 +9,7 @@ Layout of a Model's versions under its storage prefix:
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -59,6 +60,26 @@ def s3_settings() -> dict:
 
 
 def s3_client():
+    """One boto3 S3 client per process and settings, made once under a lock.
+
+    A client is thread-safe once made, but making one is not (boto3 sessions are shared state),
+    and each costs tens of milliseconds: made per call, 500 new Models cost seconds of CPU.
+    """
+    settings = s3_settings()
+    key = (tuple(sorted(settings.items())), os.environ.get("AWS_ACCESS_KEY_ID"),
+           os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    with _CLIENTS_LOCK:
+        found = _CLIENTS.get(key)
+        if found is None:
+            found = _CLIENTS[key] = _new_client(settings)
+        return found
+
+
+_CLIENTS: dict = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _new_client(settings: dict):
     import boto3
     from botocore.config import Config
 
@@ -68,5 +89,6 @@ def s3_client():
         retries={"max_attempts": 8, "mode": "standard"},
         connect_timeout=5,
         read_timeout=60,
+        max_pool_connections=32,
     )
-    return boto3.client("s3", config=config, **s3_settings())
+    return boto3.session.Session().client("s3", config=config, **settings)

@@ -5,6 +5,11 @@ per elapsed second), so it sees short requests that an in-flight gauge sampled o
 second would miss. Like Knative's KPA: the stable window decides normally; when the
 panic window asks for at least twice the current replicas, it panics and scales up at
 once, and never scales down while panicking.
+
+A fresh autoscaler (a new Deployment, or the operator restarted) has no history: one with
+replicas counts as having seen traffic when it started, and scales down only after a whole
+stable window of observations; one at zero stays at zero until a request arrives. So an
+operator restart never scales anything up, down or to zero by itself.
 """
 
 from __future__ import annotations
@@ -21,11 +26,17 @@ class Autoscaler:
     points: deque = field(default_factory=deque)  # (t, concurrency, rps)
     last_traffic: float | None = None
     panic_until: float = 0.0
+    started: float | None = None  # first observation (or first decision) of this autoscaler
+
+    def _start(self, t: float, serving: bool = True) -> None:
+        if self.started is None:
+            self.started = t
+        if self.last_traffic is None and serving:
+            self.last_traffic = t  # no scale to zero before a whole scaleToZeroAfter without traffic
 
     def observe(self, t: float, concurrency: float, rps: float) -> None:
+        self._start(t)
         self.points.append((t, concurrency, rps))
-        if self.last_traffic is None:
-            self.last_traffic = t  # a new Deployment counts as active: no scale to zero before it served
         if rps > 0 or concurrency > 0:
             self.last_traffic = t
         while self.points and self.points[0][0] < t - 3600:
@@ -33,6 +44,7 @@ class Autoscaler:
 
     def poke(self, t: float) -> None:
         """A request arrived through the activator: there is traffic now."""
+        self._start(t)
         self.last_traffic = t
 
     def _average(self, t: float, window: float, index: int) -> float | None:
@@ -40,6 +52,7 @@ class Autoscaler:
         return sum(vals) / len(vals) if vals else None
 
     def desired(self, t: float, current: int, spec: dict) -> int:
+        self._start(t, serving=current > 0)
         scaling = spec.get("autoscaling") or {}
         replicas = spec.get("replicas") or {}
         low, high = int(replicas.get("min", 1)), int(replicas.get("max", 3))
@@ -56,6 +69,8 @@ class Autoscaler:
                 self.panic_until = t + float(scaling.get("stableWindow", 60))
             if t < self.panic_until:
                 want = max(want, panic_want, current)
+        if t - self.started < float(scaling.get("stableWindow", 60)):
+            want = max(want, current)  # not a whole window of history yet: never scale down on part of one
         idle_for = t - self.last_traffic if self.last_traffic is not None else math.inf
         if low == 0:
             if idle_for >= float(scaling.get("scaleToZeroAfter", 300)):

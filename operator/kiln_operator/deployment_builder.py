@@ -50,8 +50,8 @@ def runtime_for(spec: dict, entry: dict) -> tuple[str, str]:
     return "sklearn", fmt
 
 
-def build_server(dep: dict, entry: dict, *, track: str, replicas: int, image: str, s3_secret: str) -> dict:
-    """The apps/v1 Deployment that serves one version of the model."""
+def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, image: str, s3_secret: str) -> dict:
+    """The apps/v1 Deployment that serves one version of the model (replicas None: an HPA owns them)."""
     meta, spec = dep["metadata"], dep["spec"]
     version = entry["version"]
     runtime, fmt = runtime_for(spec, entry)
@@ -89,7 +89,7 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int, image: st
         "securityContext": security.CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [security.TMP_MOUNT],
     }
-    return {
+    manifest = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": server_name(meta["name"], version), "namespace": meta["namespace"],
                      "labels": lbl, "ownerReferences": _owner(dep)},
@@ -109,6 +109,9 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int, image: st
             },
         },
     }
+    if replicas is None:
+        del manifest["spec"]["replicas"]
+    return manifest
 
 
 def build_hpa(dep: dict, target: str, api_version: str) -> dict:

@@ -1,4 +1,8 @@
-"""kopf handlers: thin — they hand the object to a reconcile function and post what it reports."""
+"""kopf registrations only — the table of contents of the operator.
+
+Watches fill the indexes (indexes.py); every event queues the key of the Kiln object it concerns
+in the controller (controller.py), whose workers reconcile from those indexes.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,36 @@ import logging
 
 import kopf
 
-from kiln_operator import deployments, gateway, kube, models, resources, serving_state, settings, trainingjobs
+from kiln_operator import deployment_builder, endpoints, indexes, kube, resources, settings
+from kiln_operator import labels as kiln_labels
+from kiln_operator.controller import Controller
 
 CONFIG = settings.load()
+MANAGED = indexes.MANAGED
+SERVING = indexes.SERVING
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs) -> None:
     # Watches that never time out hang silently on a half-dead connection.
     settings.watching.server_timeout = CONFIG.watch_server_timeout
     settings.watching.client_timeout = CONFIG.watch_server_timeout + 30
     settings.watching.connect_timeout = 10
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev")
-    settings.posting.level = logging.INFO
-    # Timers run every second or two; their per-run "succeeded" lines would drown the log.
+    # kopf waits this long for more events of one object before handling the latest; ours only queue a key.
+    settings.batching.batch_window = 0.01
+    settings.posting.level = logging.WARNING
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings.execution.max_workers = 8
+    memo.controller = Controller(CONFIG, {name: kwargs[name] for name in indexes.INDEX_NAMES})
+    await memo.controller.start()
+    memo.endpoints = await endpoints.serve(memo.controller, CONFIG.listen) if CONFIG.listen else None
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_) -> None:
+    if getattr(memo, "endpoints", None):
+        await memo.endpoints.cleanup()
+    if getattr(memo, "controller", None):
+        await memo.controller.stop()
 
 
 @kopf.on.login()
@@ -35,54 +52,54 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
                                default_namespace=(sa / "namespace").read_text().strip())
 
 
-@kopf.on.startup()
-async def start_gateway(memo: kopf.Memo, **_) -> None:
-    if CONFIG.gateway:
-        host, _, port = CONFIG.gateway.rpartition(":")
-        memo.gateway = await gateway.serve(host or "0.0.0.0", int(port))
-
-
-@kopf.on.cleanup()
-async def stop_gateway(memo: kopf.Memo, **_) -> None:
-    if getattr(memo, "gateway", None):
-        await memo.gateway.cleanup()
-
-
 @kopf.on.probe(id="ready")
 def ready(**_) -> bool:
     return True
 
 
-def _post(body, events) -> None:
-    for kind, reason, message in events:
-        kopf.event(body, type=kind, reason=reason, message=message)
+# --- the Kiln kinds -------------------------------------------------------------------------------
+@kopf.on.event(resources.TRAININGJOBS)
+async def trainingjob_event(namespace, name, body, memo: kopf.Memo, **_) -> None:
+    memo.controller.notice("TrainingJob", namespace, name, body)
 
 
-@kopf.timer(resources.TRAININGJOBS, interval=2.0, initial_delay=0)
-def trainingjob(body, patch, **_) -> None:
-    status_patch, events = trainingjobs.reconcile(dict(body), CONFIG)
-    patch.status.update(status_patch)
-    _post(body, events)
+@kopf.on.event(resources.MODELS)
+async def model_event(namespace, name, body, type, memo: kopf.Memo, **_) -> None:
+    ctl = memo.controller
+    ctl.notice("Model", namespace, name, body)
+    for dep in ctl.world.users_of(namespace, name):  # an alias moved, a version registered
+        ctl.notice("Deployment", namespace, dep["metadata"]["name"])
+    if type in (None, "ADDED"):  # runs waiting for this Model (ModelMissing) start now
+        for tj in ctl.world.trainingjobs_of(namespace, name):
+            ctl.notice("TrainingJob", namespace, tj)
 
 
-@kopf.timer(resources.MODELS, interval=3.0, initial_delay=0)
-def model(body, **_) -> None:
-    _post(body, models.reconcile(dict(body), CONFIG))
+@kopf.on.event(resources.DEPLOYMENTS)
+async def deployment_event(namespace, name, body, spec, memo: kopf.Memo, **_) -> None:
+    memo.controller.notice("Deployment", namespace, name, body)
+    if (spec.get("model") or {}).get("name"):  # retention never archives what a Deployment serves
+        memo.controller.notice("Model", namespace, spec["model"]["name"])
 
 
-@kopf.on.delete(resources.MODELS, when=lambda spec, **_: bool(spec.get("deleteArtifacts")))
-def model_deleted(body, logger, **_) -> None:
-    removed = models.delete_artifacts(dict(body), CONFIG)
-    logger.info("deleted %d artifact objects of Model %s", removed, body["metadata"]["name"])
+# --- their children: an event queues the owner ----------------------------------------------------
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_event(namespace, labels: dict, memo: kopf.Memo, **_) -> None:
+    if labels.get(kiln_labels.TRAININGJOB):
+        memo.controller.notice("TrainingJob", namespace, labels[kiln_labels.TRAININGJOB])
 
 
-@kopf.timer(resources.DEPLOYMENTS, interval=1.0, initial_delay=0)
-def deployment(body, patch, **_) -> None:
-    status_patch, events = deployments.reconcile(dict(body), CONFIG)
-    patch.status.update(status_patch)
-    _post(body, events)
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def pod_event(namespace, labels: dict, memo: kopf.Memo, **_) -> None:
+    if labels.get(kiln_labels.TRAININGJOB):
+        memo.controller.notice("TrainingJob", namespace, labels[kiln_labels.TRAININGJOB])
+    elif labels.get(deployment_builder.DEPLOYMENT):
+        memo.controller.notice("Deployment", namespace, labels[deployment_builder.DEPLOYMENT])
 
 
-@kopf.on.delete(resources.DEPLOYMENTS, optional=True)
-def deployment_deleted(namespace, name, **_) -> None:
-    serving_state.forget(namespace, name)
+@kopf.on.event("apps", "v1", "deployments", labels=SERVING)
+@kopf.on.event("", "v1", "services", labels=SERVING)
+@kopf.on.event("autoscaling", "horizontalpodautoscalers", labels=SERVING)
+@kopf.on.event("policy", "poddisruptionbudgets", labels=SERVING)
+async def serving_child_event(namespace, labels: dict, memo: kopf.Memo, **_) -> None:
+    memo.controller.notice("Deployment", namespace, labels[deployment_builder.DEPLOYMENT])
+

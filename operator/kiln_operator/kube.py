@@ -1,16 +1,25 @@
-"""The Kubernetes client and the ensure_* functions: get; create on 404; 409 means someone else did it."""
+"""The Kubernetes client: one ApiClient whose every request is counted, and the few calls the operator makes.
+
+Reads come from kopf indexes (indexes.py); what is here writes or, after a 409, re-reads once.
+"""
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
+import re
 from pathlib import Path
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kiln_contract import GROUP, VERSION
+from kiln_operator import operator_metrics
+
+FIELD_MANAGER = "kiln"
+_RESOURCE = re.compile(r"/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/[^/]+)?/([a-z]+)(?:/[^/?]+)?(?:/([a-z]+))?")
 
 
 def service_account_dir() -> Path | None:
@@ -28,6 +37,23 @@ def server_url() -> str:
     return f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}"
 
 
+def resource_of(url: str) -> str:
+    """'jobs', 'models/status', … from a request URL (the label of kiln_operator_api_requests_total)."""
+    match = _RESOURCE.search(url.split("?", 1)[0])
+    if not match:
+        return "other"
+    return f"{match.group(1)}/{match.group(2)}" if match.group(2) else match.group(1)
+
+
+def _counted(request):
+    @functools.wraps(request)
+    def wrapper(method, url, *args, **kwargs):
+        operator_metrics.API_REQUESTS.labels(verb=method.upper(), resource=resource_of(url)).inc()
+        return request(method, url, *args, **kwargs)
+
+    return wrapper
+
+
 @functools.cache
 def api() -> client.ApiClient:
     sa = service_account_dir()
@@ -37,112 +63,100 @@ def api() -> client.ApiClient:
         InClusterConfigLoader(token_filename=str(sa / "token"), cert_filename=str(sa / "ca.crt")).load_and_set()
     else:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32  # a keep-alive connection per worker thread, and then some
+    api_client = client.ApiClient(configuration)
+    api_client.user_agent = "kiln-operator"  # the manager name in managedFields, and in the API server's logs
+    api_client.rest_client.request = _counted(api_client.rest_client.request)
+    return api_client
 
 
-def custom() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api())
-
-
-def batch() -> client.BatchV1Api:
-    return client.BatchV1Api(api())
-
-
-def core() -> client.CoreV1Api:
-    return client.CoreV1Api(api())
-
-
-def to_dict(obj) -> dict:
-    return api().sanitize_for_serialization(obj)
+def _custom_path(namespace: str, plural: str, name: str, sub: str = "") -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}" + (f"/{sub}" if sub else "")
 
 
 def get_custom(plural: str, namespace: str, name: str) -> dict | None:
     try:
-        return custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        return _call("GET", _custom_path(namespace, plural, name))
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
-
-
-def list_custom(plural: str, namespace: str) -> list[dict]:
-    return custom().list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
 
 
 class Conflict(RuntimeError):
     pass
 
 
-def update_status(plural: str, namespace: str, name: str, change, attempts: int = 20):
+def update_status(plural: str, namespace: str, name: str, change, current: dict | None = None, attempts: int = 20):
     """Read-modify-write of a custom object's status with optimistic concurrency.
 
-    change(status, obj) returns (new_status, result); the write carries the object's
-    resourceVersion, so a concurrent writer makes it fail with 409 and we re-read.
-    Returns result, or raises LookupError when the object is gone.
+    change(status, obj) returns (new_status, result). The first attempt starts from `current`
+    (the cached object) when given, so an unchanged status costs no request at all; the write
+    carries its resourceVersion, so a stale cache or a concurrent writer gets 409 and we re-read.
+    Returns (result, the object as written, or None when nothing changed); LookupError when gone.
     """
+    obj = current
     for _ in range(attempts):
-        obj = get_custom(plural, namespace, name)
         if obj is None:
-            raise LookupError(f"{plural}/{name} not found in {namespace}")
+            obj = get_custom(plural, namespace, name)
+            if obj is None:
+                raise LookupError(f"{plural}/{name} not found in {namespace}")
         status = copy.deepcopy(obj.get("status") or {})
         new_status, result = change(status, obj)
         if new_status == (obj.get("status") or {}):
-            return result
-        body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+            return result, None
+        body = {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": obj.get("kind"),
                 "metadata": {"name": name, "namespace": namespace,
                              "resourceVersion": obj["metadata"]["resourceVersion"]},
                 "status": new_status}
         try:
-            custom().replace_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)
-            return result
+            written = _call("PUT", _custom_path(namespace, plural, name, "status"), body)
+            return result, written
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            obj = None
     raise Conflict(f"{plural}/{name}: status kept changing under us")
 
 
-def ensure_job(manifest: dict) -> dict:
-    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    try:
-        return to_dict(batch().read_namespaced_job(name, ns))
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-    try:
-        return to_dict(batch().create_namespaced_job(ns, manifest))
-    except ApiException as exc:
-        if exc.status != 409:  # someone (an earlier us) created it meanwhile
-            raise
-        return to_dict(batch().read_namespaced_job(name, ns))
+def patch_status(plural: str, namespace: str, name: str, patch: dict) -> dict:
+    """Merge-patch a custom object's status; returns the object as written."""
+    return _call("PATCH", _custom_path(namespace, plural, name, "status"), {"status": patch},
+                 content_type="application/merge-patch+json")
 
 
-def read_job(namespace: str, name: str) -> dict | None:
-    try:
-        return to_dict(batch().read_namespaced_job(name, namespace))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+def set_finalizers(plural: str, namespace: str, name: str, finalizers: list[str], resource_version: str) -> dict:
+    """Replace metadata.finalizers, only if the object is still at resource_version (409 otherwise)."""
+    return _call("PATCH", _custom_path(namespace, plural, name),
+                 {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
+                 content_type="application/merge-patch+json")
 
 
-def job_pods(namespace: str, job_name: str) -> list[dict]:
-    pods = core().list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
-    return [to_dict(p) for p in pods.items]
+def annotate(plural: str, namespace: str, name: str, annotations: dict) -> None:
+    _call("PATCH", _custom_path(namespace, plural, name), {"metadata": {"annotations": annotations}},
+          content_type="application/merge-patch+json")
+
+
+def post_event(obj: dict, type_: str, reason: str, message: str, now: str) -> None:
+    """A core/v1 Event about a Kiln object (what `kubectl describe` shows)."""
+    meta = obj["metadata"]
+    _call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": obj.get("kind"),
+                           "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": type_, "reason": reason, "message": message[:1024], "source": {"component": "kiln-operator"},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    })
+
+
+def create_job(manifest: dict) -> bool:
+    """Create a Job; False when one of that name already exists (an earlier us made it)."""
+    return create(manifest) is not None
 
 
 def delete_job(namespace: str, name: str) -> None:
-    try:
-        batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-
-
-@functools.cache
-def dynamic():
-    from kubernetes.dynamic import DynamicClient
-
-    return DynamicClient(api())
+    delete("batch/v1", "Job", namespace, name)
 
 
 @functools.cache
@@ -158,53 +172,63 @@ def preferred(group: str, candidates: tuple[str, ...]) -> str:
     raise LookupError(f"the cluster serves none of {candidates}")
 
 
-def _differs(want, have) -> bool:
-    if isinstance(want, dict):
-        return not isinstance(have, dict) or any(_differs(v, have.get(k)) for k, v in want.items())
-    if isinstance(want, list):
-        return not isinstance(have, list) or len(want) != len(have) or any(
-            _differs(w, h) for w, h in zip(want, have, strict=True))
-    return want != have
+_PLURALS = {"Service": "services", "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+            "PodDisruptionBudget": "poddisruptionbudgets", "Job": "jobs"}
 
 
-def ensure(manifest: dict, ignore: tuple[str, ...] = ()) -> dict:
-    """Get; create on 404; 409 means someone else created it; diff, then merge-patch.
+def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{_PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
 
-    ignore lists top-level spec fields owned by someone else (e.g. replicas under an HPA).
-    """
-    from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-    res = dynamic().resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
+def _call(method: str, path: str, body=None, query=None, content_type: str = "application/json"):
+    """One request with the client's auth; the decoded JSON body, or ApiException for any status >= 400."""
+    client_ = api()
+    request = client_.param_serialize(method, path, query_params=query or [], body=body,
+                                      header_params={"Content-Type": content_type, "Accept": "application/json"},
+                                      auth_settings=["BearerToken"])
+    response = client_.call_api(*request)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=response.data.decode(errors="replace"),
+                                         data=None)
+    return json.loads(response.data) if response.data else {}
+
+
+def create(manifest: dict) -> dict | None:
+    """POST; None when an object of that name exists (ours or not: the caller decides)."""
     meta = manifest["metadata"]
     try:
-        have = res.get(name=meta["name"], namespace=meta.get("namespace")).to_dict()
-    except NotFoundError:
-        try:
-            return res.create(body=manifest, namespace=meta.get("namespace")).to_dict()
-        except ConflictError:
-            have = res.get(name=meta["name"], namespace=meta.get("namespace")).to_dict()
-    want = copy.deepcopy(manifest)
-    for key in ignore:
-        want.get("spec", {}).pop(key, None)
-    subset = {k: want[k] for k in ("spec",) if k in want}
-    subset["metadata"] = {"labels": meta.get("labels", {}), "annotations": meta.get("annotations", {})}
-    if _differs(subset, have):
-        return res.patch(body=subset, name=meta["name"], namespace=meta.get("namespace"),
-                         content_type="application/merge-patch+json").to_dict()
-    return have
+        return _call("POST", object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"]), manifest)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        return None
+
+
+def read(api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+    try:
+        return _call("GET", object_path(api_version, kind, namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def server_side_apply(manifest: dict) -> dict:
+    """Server-side apply under Kiln's field manager; fields other managers own (an HPA's replicas) stay theirs."""
+    meta = manifest["metadata"]
+    return _call("PATCH", object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]),
+                 manifest, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                 content_type="application/apply-patch+yaml")
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
-    from kubernetes.dynamic.exceptions import NotFoundError
-
-    res = dynamic().resources.get(api_version=api_version, kind=kind)
     try:
-        res.delete(name=name, namespace=namespace, body={"propagationPolicy": "Background"})
+        _call("DELETE", object_path(api_version, kind, namespace, name), {"propagationPolicy": "Background"})
         return True
-    except NotFoundError:
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
         return False
-
-
-def list_objects(api_version: str, kind: str, namespace: str, selector: str) -> list[dict]:
-    res = dynamic().resources.get(api_version=api_version, kind=kind)
-    return [item.to_dict() for item in res.get(namespace=namespace, label_selector=selector).items]

@@ -1,12 +1,21 @@
-"""Model reconciliation: rebuild from storage, bring-your-own versions, aliases, retention, conditions."""
+"""The one writer of Model status: reservations, commits, failures and the Model's own reconcile.
+
+Every write is a read-modify-write with optimistic concurrency that starts from the cached
+Model (kube.update_status), applies a pure rule from registry.py, and settles aliases,
+retention and conditions last.
+"""
 
 from __future__ import annotations
 
 from kiln_contract import checksums, storage
-from kiln_operator import artifacts, conditions, kube, registry
+from kiln_contract import spec as specs
+from kiln_operator import artifacts, conditions, kube, operator_metrics, registry
+from kiln_operator.reconcile import Result, invalid_spec
 from kiln_operator.settings import Settings
+from kiln_operator.world import ModelWorld
 
 MODELS = "models"
+FINALIZER = "kiln.dev/delete-artifacts"
 
 
 def storage_of(model: dict, cfg: Settings) -> str:
@@ -14,27 +23,27 @@ def storage_of(model: dict, cfg: Settings) -> str:
     return (model.get("spec") or {}).get("storage") or f"{cfg.storage.rstrip('/')}/{model['metadata']['namespace']}"
 
 
-def versions_in_use(namespace: str, model: str) -> set[int]:
-    """Versions that kiln Deployments pin or serve; retention never archives them."""
+def versions_in_use(model: str, users: list[dict]) -> set[int]:
+    """Versions that Kiln Deployments pin or serve; retention never archives them."""
     used = set()
-    for dep in kube.list_custom("deployments", namespace):
+    for dep in users:
         ref = (dep.get("spec") or {}).get("model") or {}
         if ref.get("name") != model:
             continue
         if ref.get("version"):
             used.add(int(ref["version"]))
-        for key in ("servingVersion", "canaryVersion"):
+        for key in ("servingVersion", "canaryVersion", "rollingTo"):
             if (dep.get("status") or {}).get(key):
                 used.add(int(dep["status"][key]))
     return used
 
 
-def settle(model: dict, status: dict) -> dict:
+def settle(model: dict, status: dict, users: list[dict]) -> dict:
     """Aliases, retention and conditions: what every writer of Model status applies last."""
     spec = model.get("spec") or {}
     meta = model["metadata"]
     status, problems = registry.resolve_aliases(spec, status)
-    status = registry.apply_retention(spec, status, versions_in_use(meta["namespace"], meta["name"]))
+    status = registry.apply_retention(spec, status, versions_in_use(meta["name"], users))
     generation = meta.get("generation")
     status["observedGeneration"] = generation
     if problems:
@@ -48,69 +57,132 @@ def settle(model: dict, status: dict) -> dict:
     return status
 
 
-def commit_version(namespace: str, name: str, version: int, card: dict, uri: str) -> dict:
+def _write(model: dict, change, written: list[dict]):
+    meta = model["metadata"]
+    result, obj = kube.update_status(MODELS, meta["namespace"], meta["name"], change, current=model)
+    if obj is not None:
+        written.append(obj)
+    return result
+
+
+def reserve(model: dict, run: str, training_job: str | None, written: list[dict]) -> int:
+    """A version number for run, the same one however often it is asked (registry.reserve)."""
+    return _write(model, lambda st, obj: registry.reserve(st, run, training_job, conditions.now()), written)
+
+
+def commit_version(model: dict, version: int, card: dict, uri: str, users: list[dict], written: list[dict]) -> dict:
     """Register a finished version, promote it if the policy says so, settle; returns the version entry."""
 
     def change(status, obj):
+        before = registry.find(status, version)
+        fresh = before is None or before.get("state") not in registry.COMMITTED
         status = registry.commit(status, version, card, uri, conditions.now())
         status, promoted = registry.promote(obj.get("spec") or {}, status, version)
-        status = settle(obj, status)
+        status = settle(obj, status, users)
         entry = dict(registry.find(status, version))
-        entry["promoted"] = promoted
+        entry["promoted"], entry["fresh"] = promoted, fresh
         return status, entry
 
-    return kube.update_status(MODELS, namespace, name, change)
+    entry = _write(model, change, written)
+    if entry.get("fresh") and written:
+        operator_metrics.VERSIONS.labels(state=entry["state"]).inc()
+        if entry.get("promoted"):
+            operator_metrics.PROMOTIONS.inc()
+    return entry
 
 
-def reconcile(model: dict, cfg: Settings) -> list[tuple[str, str, str]]:
-    """One pass over a Model; returns events (type, reason, message) to post."""
+def fail_version(model: dict, version: int, reason: str, users: list[dict], written: list[dict]) -> None:
+    _write(model, lambda st, obj: (settle(obj, registry.fail(st, version, reason), users), None), written)
+
+
+def reconcile(world: ModelWorld, cfg: Settings) -> Result:
+    """One pass over a Model: its finalizer, rebuild from storage once, bring-your-own versions, then settle."""
+    model = world.model
     meta = model["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    events: list[tuple[str, str, str]] = []
-    status = model.get("status") or {}
+    out = Result()
+    if _finalize(model, cfg, out):
+        return out
+    try:
+        specs.validate("Model", model.get("spec") or {})
+    except specs.SpecError as exc:
+        out.status = invalid_spec("Model", model, exc)
+        return out
     store = storage_of(model, cfg)
-
-    if not status.get("versions") and not status.get("latestVersion"):
-        found = artifacts.list_cards(store, name)
-        if found:
-            rebuilt = registry.rebuild(model.get("spec") or {}, found, conditions.now())
-
-            def adopt(current, obj):
-                if current.get("versions"):
-                    return current, False  # someone registered meanwhile: storage rebuild not needed
-                return settle(obj, {**current, **rebuilt}), True
-
-            if kube.update_status(MODELS, ns, name, adopt):
-                events.append(("Normal", "Rebuilt", f"rebuilt {len(found)} versions from {store}/{name}"))
-
+    status = model.get("status") or {}
+    if not world.storage_checked:
+        out.storage_checked = meta["uid"]
+        if not status.get("versions") and not status.get("latestVersion"):
+            _rebuild(model, store, world.users, out)
     for i, entry in enumerate((model.get("spec") or {}).get("versions") or []):
-        events += _external(model, i, entry, store)
+        current = out.written[-1] if out.written else model
+        _external(current, i, entry, store, world.users, out)
+    current = out.written[-1] if out.written else model
+    _write(current, lambda st, obj: (settle(obj, st, world.users), None), out.written)
+    out.acted = bool(out.written)
+    return out
 
-    kube.update_status(MODELS, ns, name, lambda st, obj: (settle(obj, st), None))
-    return events
+
+def _rebuild(model: dict, store: str, users: list[dict], out: Result) -> None:
+    name = model["metadata"]["name"]
+    found = artifacts.list_cards(store, name)
+    if not found:
+        return
+    rebuilt = registry.rebuild(model.get("spec") or {}, found, conditions.now())
+
+    def adopt(current, obj):
+        if current.get("versions"):
+            return current, False  # someone registered meanwhile: no rebuild needed
+        return settle(obj, {**current, **rebuilt}, users), True
+
+    if _write(model, adopt, out.written):
+        out.events.append(("Normal", "Rebuilt", f"rebuilt {len(found)} versions from {store}/{name}"))
 
 
-def _external(model: dict, index: int, entry: dict, store: str) -> list[tuple[str, str, str]]:
-    meta = model["metadata"]
-    ns, name = meta["namespace"], meta["name"]
+def _external(model: dict, index: int, entry: dict, store: str, users: list[dict], out: Result) -> None:
+    name = model["metadata"]["name"]
     run = f"external/{entry['sha256'][:16]}-{checksums.sha256_bytes(entry['uri'].encode())[:8]}"
     existing = next((v for v in (model.get("status") or {}).get("versions", []) if v.get("run") == run), None)
     if existing and existing["state"] != "Pending":
-        return []
-    version = kube.update_status(MODELS, ns, name,
-                                 lambda st, obj: registry.reserve(st, run, None, conditions.now()))
+        return
+    version = reserve(model, run, None, out.written)
+    current = out.written[-1] if out.written else model
     prefix = storage.version_prefix(store, name, version)
     field = f"spec.versions[{index}]"
     try:
         card = artifacts.import_external(entry, prefix, name, version, conditions.now())
     except Exception as exc:  # noqa: BLE001 - any failure is reported on the Model, naming the entry
         reason = f"{field}: {exc}"
-        kube.update_status(MODELS, ns, name, lambda st, obj: (registry.fail(st, version, reason), None))
-        return [("Warning", "ExternalVersionRejected", reason)]
-    entry_out = commit_version(ns, name, version, card, prefix)
-    return [("Normal", "Registered", f"external artifact {entry['uri']} registered as version {version}"
-             + (" and promoted to production" if entry_out.get("promoted") else ""))]
+        fail_version(current, version, reason, users, out.written)
+        out.events.append(("Warning", "ExternalVersionRejected", reason))
+        return
+    entry_out = commit_version(current, version, card, prefix, users, out.written)
+    out.events.append(("Normal", "Registered", f"external artifact {entry['uri']} registered as version {version}"
+                       + (" and promoted to production" if entry_out.get("promoted") else "")))
 
 
 def delete_artifacts(model: dict, cfg: Settings) -> int:
     return artifacts.delete_prefix(f"{storage_of(model, cfg).rstrip('/')}/{model['metadata']['name']}")
+
+
+def _finalize(model: dict, cfg: Settings, out: Result) -> bool:
+    """spec.deleteArtifacts: a finalizer while the Model lives; its artifacts deleted before it goes.
+
+    Returns True when the Model is being deleted (nothing else to do for it).
+    """
+    meta = model["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    wanted = bool((model.get("spec") or {}).get("deleteArtifacts"))
+    if meta.get("deletionTimestamp"):
+        if FINALIZER in finalizers:
+            removed = delete_artifacts(model, cfg)
+            out.written.append(kube.set_finalizers(MODELS, meta["namespace"], meta["name"],
+                                                   [f for f in finalizers if f != FINALIZER], meta["resourceVersion"]))
+            out.events.append(("Normal", "ArtifactsDeleted", f"deleted {removed} artifact objects of {meta['name']}"))
+            out.acted = True
+        return True
+    if wanted != (FINALIZER in finalizers):
+        changed = finalizers + [FINALIZER] if wanted else [f for f in finalizers if f != FINALIZER]
+        out.written.append(kube.set_finalizers(MODELS, meta["namespace"], meta["name"], changed,
+                                               meta["resourceVersion"]))
+        out.acted = True
+    return False

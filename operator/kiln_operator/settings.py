@@ -19,8 +19,12 @@ class Settings:
     storage: str = field(default_factory=lambda: os.environ.get(
         "KILN_DEFAULT_STORAGE", f"s3://{os.environ.get('KILN_BUCKET', 'kiln')}/models"))
     s3_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_SECRET", "kiln-s3"))
-    # The gateway/activator: host:port, or "" to run without it.
-    gateway: str = field(default_factory=lambda: os.environ.get("KILN_GATEWAY", "0.0.0.0:8081"))
+    # Where the operator serves /metrics and the activator's POST /wake/<ns>/<name>: host:port, or "" for none.
+    listen: str = field(default_factory=lambda: os.environ.get("KILN_OPERATOR_LISTEN", "0.0.0.0:8082"))
+    # Reconcile worker threads (API calls block; the event loop never does).
+    workers: int = field(default_factory=lambda: int(os.environ.get("KILN_WORKERS", "32")))
+    # The safety resync: every object is queued again this often (it reads caches only).
+    resync_seconds: float = field(default_factory=lambda: float(os.environ.get("KILN_RESYNC_SECONDS", "300")))
     watch_server_timeout: int = field(default_factory=lambda: int(os.environ.get("KILN_WATCH_TIMEOUT", "300")))
 
 

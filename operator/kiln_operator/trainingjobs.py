@@ -1,4 +1,9 @@
-"""TrainingJob reconciliation: one run at a time, each with a version reserved before its Job exists."""
+"""TrainingJob reconciliation: one run at a time, each with a version reserved before its Job exists.
+
+Observe (world.TrainingWorld, from the indexes) → decide (due_run, job_outcome.outcome: pure)
+→ act (reserve a version, create the Job, commit or fail the version). The status patch is
+written by the controller, and only where it changes.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +21,15 @@ from kiln_operator import (
     kube,
     labels,
     models,
-    registry,
+    operator_metrics,
     trainingjob_builder,
 )
+from kiln_operator.reconcile import Result, invalid_spec
 from kiln_operator.settings import Settings
+from kiln_operator.world import TrainingWorld
 
 ACTIVE = ("Pending", "Running")
 RUNS_KEPT = 10
-Events = list[tuple[str, str, str]]
 
 
 def _parse(ts: str) -> dt.datetime:
@@ -34,19 +40,22 @@ def _condition(status: dict, value, reason: str, message: str, generation: int) 
     return conditions.set_condition(status.get("conditions"), "Succeeded", value, reason, message, generation)
 
 
+def _ticks(tj: dict, spec: dict, status: dict) -> croniter:
+    last = _parse(status.get("lastScheduleTime") or tj["metadata"]["creationTimestamp"])
+    return croniter(spec["schedule"], last)
+
+
 def due_run(tj: dict, spec: dict, status: dict, now: dt.datetime) -> tuple[str, str | None] | None:
     """(run id, schedule tick) of the run that should start now, or None."""
     if spec.get("suspend"):
         return None
-    schedule = spec.get("schedule")
-    if not schedule:
+    if not spec.get("schedule"):
         run = f"g{tj['metadata']['generation']}"
         retrain = (tj["metadata"].get("annotations") or {}).get(labels.RETRAIN)
         if retrain:
             run += f"-r{checksums.sha256_bytes(retrain.encode())[:8]}"
         return None if status.get("run") == run else (run, None)
-    last = _parse(status.get("lastScheduleTime") or tj["metadata"]["creationTimestamp"])
-    itr = croniter(schedule, last)
+    itr = _ticks(tj, spec, status)
     tick = itr.get_next(dt.datetime)
     if tick > now:
         return None
@@ -56,18 +65,25 @@ def due_run(tj: dict, spec: dict, status: dict, now: dt.datetime) -> tuple[str, 
     return f"s{tick.strftime('%Y%m%d%H%M%S')}", stamp
 
 
-def reconcile(tj: dict, cfg: Settings, now: dt.datetime | None = None) -> tuple[dict, Events]:
-    """One pass: returns (status patch, events)."""
+def seconds_to_next_tick(tj: dict, spec: dict, status: dict, now: dt.datetime) -> float | None:
+    """When a scheduled TrainingJob should be looked at again (its next cron tick), or None."""
+    if not spec.get("schedule") or spec.get("suspend"):
+        return None
+    tick = _ticks(tj, spec, status).get_next(dt.datetime)
+    return max(0.0, (tick - now).total_seconds())
+
+
+def reconcile(world: TrainingWorld, cfg: Settings, now: dt.datetime | None = None) -> Result:
     now = now or dt.datetime.now(dt.UTC)
-    meta, status = tj["metadata"], dict(tj.get("status") or {})
-    generation = meta["generation"]
+    tj = world.tj
+    status = dict(tj.get("status") or {})
+    generation = tj["metadata"]["generation"]
     try:
         spec = specs.validate("TrainingJob", tj["spec"])
     except specs.SpecError as exc:
-        return {"phase": "Failed", "observedGeneration": generation,
-                "conditions": _condition(status, False, "InvalidSpec", str(exc), generation)}, []
+        return Result(status=invalid_spec("TrainingJob", tj, exc))
     if status.get("phase") in ACTIVE and status.get("jobName"):
-        return follow(tj, spec, status, cfg)
+        return follow(world, spec, status)
     due = due_run(tj, spec, status, now)
     if due is None:
         patch: dict = {"observedGeneration": generation}
@@ -78,40 +94,43 @@ def reconcile(tj: dict, cfg: Settings, now: dt.datetime | None = None) -> tuple[
             patch["phase"] = "Pending"
             patch["conditions"] = _condition(status, "Unknown", "Scheduled",
                                              f"waiting for the next tick of {spec['schedule']!r}", generation)
-        return patch, []
-    return start(tj, spec, status, cfg, *due)
+        return Result(status=patch, requeue_after=seconds_to_next_tick(tj, spec, status, now))
+    return start(world, spec, status, cfg, *due)
 
 
-def start(tj: dict, spec: dict, status: dict, cfg: Settings, run: str, tick: str | None) -> tuple[dict, Events]:
+def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: str, tick: str | None) -> Result:
+    tj, model = world.tj, world.model
     meta = tj["metadata"]
     ns, name, generation = meta["namespace"], meta["name"], meta["generation"]
-    model = kube.get_custom("models", ns, spec["model"])
     if model is None:
-        return {"phase": "Pending", "observedGeneration": generation,
-                "conditions": _condition(status, "Unknown", "ModelMissing",
-                                         f'spec.model: Model "{spec["model"]}" does not exist in namespace {ns}; '
-                                         "the run starts when it is created", generation)}, []
+        return Result(status={"phase": "Pending", "observedGeneration": generation,
+                              "conditions": _condition(status, "Unknown", "ModelMissing",
+                                                       f'spec.model: Model "{spec["model"]}" does not exist in '
+                                                       f"namespace {ns}; the run starts when it is created",
+                                                       generation)})
     try:
         image = images.choose(spec.get("image"), cfg.trainer_image, cfg.allowed_images, "spec.image")
     except images.ImageNotAllowed as exc:
-        return {"phase": "Failed", "run": run, "observedGeneration": generation,
-                "conditions": _condition(status, False, "ImageNotAllowed", str(exc), generation)}, \
-            [("Warning", "ImageNotAllowed", str(exc))]
+        return Result(status={"phase": "Failed", "run": run, "observedGeneration": generation,
+                              "conditions": _condition(status, False, "ImageNotAllowed", str(exc), generation)},
+                      events=[("Warning", "ImageNotAllowed", str(exc))])
 
+    out = Result(acted=True)
     # A reservation this TrainingJob made before a crash is adopted, never doubled.
     owner = f"{meta['uid']}/"
     pending = next((v for v in (model.get("status") or {}).get("versions", [])
                     if v["state"] == "Pending" and str(v.get("run", "")).startswith(owner)), None)
     if pending is not None:
         run = pending["run"][len(owner):]
-    version = kube.update_status("models", ns, spec["model"],
-                                 lambda st, obj: registry.reserve(st, owner + run, name, conditions.now()))
+    version = models.reserve(model, owner + run, name, out.written)
     prefix = storage.version_prefix(models.storage_of(model, cfg), spec["model"], version)
     job = trainingjob_builder.build_job(tj, version=version, run=run, output=prefix, image=image,
                                         s3_secret=cfg.s3_secret)
-    kube.ensure_job(job)
     job_name = job["metadata"]["name"]
-    patch = {
+    if kube.create_job(job):
+        operator_metrics.JOBS_STARTED.inc()
+    out.jobs_created.append((ns, job_name))
+    out.status = {
         "phase": "Pending", "run": run, "jobName": job_name, "modelVersion": version, "artifactURI": prefix,
         "attempts": 0, "startTime": conditions.now(), "completionTime": None, "metrics": None,
         "mainMetric": None, "bestParams": None, "sha256": None, "gatesPassed": None,
@@ -120,66 +139,80 @@ def start(tj: dict, spec: dict, status: dict, cfg: Settings, run: str, tick: str
                                  generation),
     }
     if tick:
-        patch["lastScheduleTime"] = tick
+        out.status["lastScheduleTime"] = tick
         runs = [r for r in status.get("runs") or [] if r.get("run") != run]
-        patch["runs"] = (runs + [{"run": run, "job": job_name, "version": version, "phase": "Pending",
-                                  "scheduledAt": tick}])[-RUNS_KEPT:]
-    return patch, [("Normal", "JobCreated", f"Job {job_name} trains version {version} of Model {spec['model']}")]
+        out.status["runs"] = (runs + [{"run": run, "job": job_name, "version": version, "phase": "Pending",
+                                       "scheduledAt": tick}])[-RUNS_KEPT:]
+    out.events.append(("Normal", "JobCreated", f"Job {job_name} trains version {version} of Model {spec['model']}"))
+    return out
 
 
-def follow(tj: dict, spec: dict, status: dict, cfg: Settings) -> tuple[dict, Events]:
-    meta = tj["metadata"]
-    ns, generation = meta["namespace"], meta["generation"]
+def follow(world: TrainingWorld, spec: dict, status: dict) -> Result:
+    generation = world.tj["metadata"]["generation"]
     job_name, version, prefix = status["jobName"], status["modelVersion"], status["artifactURI"]
-    job = kube.read_job(ns, job_name)
-    out = job_outcome.outcome(job, kube.job_pods(ns, job_name) if job else [])
+    job = world.job
+    if job is None and world.job_expected:
+        return Result()  # we created it a moment ago; its watch event is on its way
+    out_job = job_outcome.outcome(job, world.pods if job else [])
     if job is None:
         found = artifacts.read_card(prefix)
-        out = job_outcome.Outcome("Succeeded") if found else job_outcome.Outcome(
+        out_job = job_outcome.Outcome("Succeeded") if found else job_outcome.Outcome(
             "Failed", "JobDeleted", f"Job {job_name} disappeared before the run finished")
-    patch: dict = {"attempts": out.attempts or status.get("attempts", 0), "observedGeneration": generation}
-    events: Events = []
-    if out.phase in ACTIVE:
-        if out.phase == "Running" and status.get("phase") != "Running":
+    patch: dict = {"attempts": out_job.attempts or status.get("attempts", 0), "observedGeneration": generation}
+    if out_job.phase in ACTIVE:
+        events = []
+        if out_job.phase == "Running" and status.get("phase") != "Running":
             events.append(("Normal", "Running", f"training pod of {job_name} is running"))
             patch["conditions"] = _condition(status, "Unknown", "Running", f"Job {job_name} is running", generation)
-        patch["phase"] = out.phase
-        return _with_run(status, patch), events
-
-    if out.phase == "Succeeded":
+        patch["phase"] = out_job.phase
+        return Result(status=_with_run(status, patch), events=events)
+    if out_job.phase == "Succeeded":
         card = artifacts.read_card(prefix)
-        if card is None:
-            out = job_outcome.Outcome("Failed", "NoModelCard",
+        if card is not None:
+            return _succeeded(world, spec, status, patch, card, out_job, version, prefix)
+        out_job = job_outcome.Outcome("Failed", "NoModelCard",
                                       f"the trainer exited 0 but {prefix}/modelcard.json is missing")
-        else:
-            entry = models.commit_version(ns, spec["model"], version, card, prefix)
-            metric_name = _main_metric_name(ns, spec["model"], card)
-            value = card["metrics"].get(metric_name)
-            patch.update({
-                "phase": "Succeeded", "completionTime": out.completion_time or conditions.now(),
-                "metrics": card["metrics"], "bestParams": card.get("params") or {},
-                "mainMetric": f"{metric_name}={value:.4g}" if isinstance(value, int | float) else None,
-                "sha256": entry.get("sha256"), "gatesPassed": entry["state"] == "Registered",
-                "conditions": _condition(status, True, entry["state"],
-                                         f"version {version} {entry['state'].lower()}", generation),
-            })
-            events.append(("Normal", entry["state"], f"Model {spec['model']} version {version} {entry['state']}"))
-            if entry["state"] == "Rejected":
-                failed = [g["metric"] for g in entry.get("gates", []) if not g.get("passed")]
-                events.append(("Warning", "GateFailed", f"version {version} failed gates: {', '.join(failed)}"))
-            if entry.get("promoted"):
-                events.append(("Normal", "Promoted", f"version {version} is now production"))
-            return _with_run(status, patch), events
+    return _failed(world, spec, status, patch, out_job, version, job_name)
 
-    reason, message = out.reason or "Failed", out.message or "the run failed"
-    kube.update_status("models", ns, spec["model"],
-                       lambda st, obj: (models.settle(obj, registry.fail(st, version, reason)), None))
-    if out.reason == "ImageNotRunnable":
-        kube.delete_job(ns, job_name)  # it would wait forever
+
+def _succeeded(world, spec, status, patch, card, out_job, version, prefix) -> Result:
+    generation = world.tj["metadata"]["generation"]
+    out = Result(acted=True)
+    entry = models.commit_version(world.model, version, card, prefix, world.model_users, out.written)
+    model = out.written[-1] if out.written else world.model
+    metric_name = main_metric_name(model, card)
+    value = card["metrics"].get(metric_name)
+    patch.update({
+        "phase": "Succeeded", "completionTime": out_job.completion_time or conditions.now(),
+        "metrics": card["metrics"], "bestParams": card.get("params") or {},
+        "mainMetric": f"{metric_name}={value:.4g}" if isinstance(value, int | float) else None,
+        "sha256": entry.get("sha256"), "gatesPassed": entry["state"] == "Registered",
+        "conditions": _condition(status, True, entry["state"], f"version {version} {entry['state'].lower()}",
+                                 generation),
+    })
+    out.events.append(("Normal", entry["state"], f"Model {spec['model']} version {version} {entry['state']}"))
+    if entry["state"] == "Rejected":
+        failed = [g["metric"] for g in entry.get("gates", []) if not g.get("passed")]
+        out.events.append(("Warning", "GateFailed", f"version {version} failed gates: {', '.join(failed)}"))
+    if entry.get("promoted"):
+        out.events.append(("Normal", "Promoted", f"version {version} is now production"))
+    out.status = _with_run(status, patch)
+    return out
+
+
+def _failed(world, spec, status, patch, out_job, version, job_name) -> Result:
+    generation = world.tj["metadata"]["generation"]
+    out = Result(acted=True)
+    reason, message = out_job.reason or "Failed", out_job.message or "the run failed"
+    if world.model is not None:
+        models.fail_version(world.model, version, reason, world.model_users, out.written)
+    if out_job.reason == "ImageNotRunnable":
+        kube.delete_job(world.tj["metadata"]["namespace"], job_name)  # it would wait forever
     patch.update({"phase": "Failed", "completionTime": conditions.now(),
                   "conditions": _condition(status, False, reason, message[:2000], generation)})
-    events.append(("Warning", reason, message[:1000]))
-    return _with_run(status, patch), events
+    out.events.append(("Warning", reason, message[:1000]))
+    out.status = _with_run(status, patch)
+    return out
 
 
 def _with_run(status: dict, patch: dict) -> dict:
@@ -193,9 +226,8 @@ def _with_run(status: dict, patch: dict) -> dict:
     return patch
 
 
-def _main_metric_name(namespace: str, model: str, card: dict) -> str:
-    obj = kube.get_custom("models", namespace, model) or {}
-    wanted = ((obj.get("spec") or {}).get("promotion") or {}).get("metric")
+def main_metric_name(model: dict | None, card: dict) -> str:
+    wanted = (((model or {}).get("spec") or {}).get("promotion") or {}).get("metric")
     if wanted and wanted in card["metrics"]:
         return wanted
     return "accuracy" if card.get("task") == "classification" else "r2"

@@ -144,21 +144,30 @@ def test_missing_model_waits_then_runs(custom, kiln_ns):
 
 
 def test_operator_killed_at_random_points_never_duplicates(custom, kiln_ns):
+    """A burst of 50 runs on one Model while the operator is SIGKILLed at random points and restarted."""
     from kiln_local import cluster, procs, s3
 
     create(custom, kiln_ns, "models", "Model", "iris", {})
     rng = random.Random(7)
-    names = [f"run{i}" for i in range(10)]
+    runs = 50
+    names = [f"run{i:02d}" for i in range(runs)]
+    # Kills land among the creations and while Jobs start, finish and register (the riskiest windows).
+    kill_after = sorted(rng.sample(range(1, runs), 6))
     try:
-        for name in names:
+        for i, name in enumerate(names):
             create(custom, kiln_ns, "trainingjobs", "TrainingJob", name, tj_spec())
-            time.sleep(rng.uniform(0.0, 2.5))
-            procs.kill("kiln-operator")  # SIGKILL: no chance to finish what it was doing
+            if i in kill_after:
+                time.sleep(rng.uniform(0.0, 1.5))
+                procs.kill("kiln-operator")  # SIGKILL: no chance to finish what it was doing
+                cluster.start_operator(s3.read_env())
+        for _ in range(3):  # and a few more while the runs finish
+            time.sleep(rng.uniform(3.0, 10.0))
+            procs.kill("kiln-operator")
             cluster.start_operator(s3.read_env())
     finally:
         if procs.running("kiln-operator") is None:
             cluster.start_operator(s3.read_env())
-    statuses = {name: finished(custom, kiln_ns, name, timeout=300) for name in names}
+    statuses = {name: finished(custom, kiln_ns, name, timeout=600) for name in names}
     assert all(s["phase"] == "Succeeded" for s in statuses.values()), statuses
 
     jobs = client.BatchV1Api().list_namespaced_job(kiln_ns).items
@@ -169,9 +178,9 @@ def test_operator_killed_at_random_points_never_duplicates(custom, kiln_ns):
 
     versions = get(custom, kiln_ns, "models", "iris")["status"]["versions"]
     numbers = [v["version"] for v in versions]
-    assert sorted(numbers) == list(range(1, 11)), versions  # no version lost, none doubled
+    assert sorted(numbers) == list(range(1, runs + 1)), versions  # no version lost, none doubled
     assert all(v["state"] == "Registered" for v in versions)
-    assert sorted(s["modelVersion"] for s in statuses.values()) == list(range(1, 11))
+    assert sorted(s["modelVersion"] for s in statuses.values()) == list(range(1, runs + 1))
 
 
 def test_model_status_rebuilds_from_storage(custom, kiln_ns):
@@ -265,3 +274,29 @@ def test_failures_carry_their_reason(custom, kiln_ns, extra, reason, text):
     assert text in cond["message"]
     events = client.CoreV1Api().list_namespaced_event(kiln_ns, field_selector="involvedObject.name=broken").items
     assert reason in {e.reason for e in events}
+
+
+def test_delete_artifacts_finalizer_removes_only_that_models_artifacts(custom, kiln_ns, s3_env):
+    from kiln_contract import storage
+
+    create(custom, kiln_ns, "models", "Model", "gone", {"deleteArtifacts": True})
+    create(custom, kiln_ns, "models", "Model", "kept", {})
+    create(custom, kiln_ns, "trainingjobs", "TrainingJob", "gone", tj_spec(model="gone"))
+    create(custom, kiln_ns, "trainingjobs", "TrainingJob", "kept", tj_spec(model="kept"))
+    assert finished(custom, kiln_ns, "gone")["phase"] == "Succeeded"
+    assert finished(custom, kiln_ns, "kept")["phase"] == "Succeeded"
+    assert "kiln.dev/delete-artifacts" in get(custom, kiln_ns, "models", "gone")["metadata"]["finalizers"]
+    assert not get(custom, kiln_ns, "models", "kept")["metadata"].get("finalizers")
+
+    def objects(model):
+        prefix = get(custom, kiln_ns, "trainingjobs", model)["status"]["artifactURI"].rsplit("/", 1)[0]
+        loc = storage.parse_s3(prefix)
+        listing = storage.s3_client().list_objects_v2(Bucket=loc.bucket, Prefix=loc.key + "/")
+        return [o["Key"] for o in listing.get("Contents", [])]
+
+    assert objects("gone") and objects("kept")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, kiln_ns, "models", "gone")
+    wait_until(lambda: not any(m["metadata"]["name"] == "gone" for m in custom.list_namespaced_custom_object(
+        GROUP, VERSION, kiln_ns, "models")["items"]), 60, "Model gone to be deleted after its artifacts")
+    assert objects("gone") == []  # the TrainingJob still names the prefix; nothing is left under it
+    assert objects("kept")  # another Model's artifacts are untouched

@@ -1,0 +1,235 @@
+"""The controller: watch events queue object keys; workers reconcile them from the observed world.
+
+As an informer-based controller does: kopf's watches fill the indexes (indexes.py) and queue the
+key of the Kiln object an event concerns (handlers.py); a worker takes a snapshot of the world on
+the event loop (world.py), runs observe → decide → act in a thread, then writes status only
+where it changed. Clocks queue keys too: cron ticks and canary steps (requeue_after), the
+metrics samplers (sampler.py), and a slow resync that only re-reads the caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+
+from kiln_operator import (
+    conditions,
+    deployments,
+    kube,
+    models,
+    operator_metrics,
+    sampler,
+    trainingjobs,
+)
+from kiln_operator.reconcile import Result, status_changes
+from kiln_operator.serving_state import ServingState
+from kiln_operator.settings import Settings
+from kiln_operator.workqueue import WorkQueue
+from kiln_operator.world import World
+
+log = logging.getLogger("kiln.controller")
+PLURALS = {"TrainingJob": "trainingjobs", "Model": "models", "Deployment": "deployments"}
+# Under a burst a TrainingJob's Job comes first, then serving, then Model bookkeeping.
+PRIORITY = {"TrainingJob": 0, "Deployment": 1, "Model": 2}
+WAKE_SIGNAL_SECONDS = 5.0
+
+
+class Controller:
+    def __init__(self, cfg: Settings, indexes: dict):
+        self.cfg = cfg
+        self.world = World(indexes=indexes)
+        self.queue = WorkQueue(priority=lambda key: PRIORITY[key[0]])
+        self.states: dict[tuple[str, str], ServingState] = {}
+        self.samplers: dict[tuple[str, str], asyncio.Task] = {}
+        self.new_generation: dict[tuple, tuple[int, float]] = {}  # key -> (generation, monotonic when seen)
+        self.failures: dict[tuple, int] = {}
+        self.executor = ThreadPoolExecutor(cfg.workers, thread_name_prefix="kiln-reconcile")
+        self.event_executor = ThreadPoolExecutor(2, thread_name_prefix="kiln-events")
+        self.events: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        self.session: aiohttp.ClientSession | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.cfg.workers)]
+        self.tasks.append(asyncio.create_task(self._resync()))
+        self.tasks += [asyncio.create_task(self._post_events()) for _ in range(2)]
+
+    async def stop(self) -> None:
+        for task in [*self.tasks, *self.samplers.values()]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, *self.samplers.values(), return_exceptions=True)
+        if self.session:
+            await self.session.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.event_executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- inputs --------------------------------------------------------------------------------
+    def notice(self, kind: str, namespace: str, name: str, body: dict | None = None) -> None:
+        """A watch event concerns this object: queue it (and note a new spec generation's arrival)."""
+        key = (kind, namespace, name)
+        if body is not None:
+            generation = (body.get("metadata") or {}).get("generation")
+            observed = (body.get("status") or {}).get("observedGeneration")
+            if generation and generation != observed and self.new_generation.get(key, (None,))[0] != generation:
+                self.new_generation[key] = (generation, time.monotonic())
+        self.queue.add(key)
+        operator_metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def wake(self, namespace: str, name: str) -> bool:
+        """The activator holds a request for this Deployment: there is traffic, whatever the samples say."""
+        if self.world.deployment(namespace, name) is None:
+            return False
+        state = self.state((namespace, name))
+        now = time.time()
+        state.woken_at = now
+        state.autoscaler.poke(now)
+        self.queue.add(("Deployment", namespace, name))
+        return True
+
+    def state(self, key: tuple[str, str]) -> ServingState:
+        return self.states.setdefault(key, ServingState())
+
+    # --- the loop ------------------------------------------------------------------------------
+    async def _resync(self) -> None:
+        """A slow safety net: queue every object again. It reads caches only; unchanged objects cost nothing."""
+        while True:
+            await asyncio.sleep(self.cfg.resync_seconds)
+            for kind, index in (("TrainingJob", "kiln_trainingjobs"), ("Model", "kiln_models"),
+                                ("Deployment", "kiln_deployments")):
+                for ns, name in list(self.world.indexes.get(index) or {}):
+                    self.queue.add((kind, ns, name))
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self._handle(key)
+                self.failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one object's failure must not stop the worker
+                operator_metrics.RECONCILES.labels(kind=key[0], outcome="error").inc()
+                n = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = min(60.0, 0.5 * 2 ** min(n, 7))
+                log.exception("reconcile of %s %s/%s failed (attempt %d); again in %.1fs", *key, n, delay)
+                self.queue.add_after(key, delay)
+            finally:
+                self.queue.done(key)
+                operator_metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def _snapshot(self, key: tuple):
+        """On the event loop: the world this reconcile sees, and the function that acts on it."""
+        kind, ns, name = key
+        if kind == "TrainingJob":
+            world = self.world.training(ns, name)
+            return world and (world.tj, lambda: trainingjobs.reconcile(world, self.cfg))
+        if kind == "Model":
+            world = self.world.registry(ns, name)
+            return world and (world.model, lambda: models.reconcile(world, self.cfg))
+        world = self.world.serving(ns, name)
+        if world is None:
+            return None
+        signals = self._signals((ns, name), world)
+        now = time.time()
+        return world.dep, lambda: deployments.reconcile(world, signals, self.cfg, now)
+
+    def _signals(self, key: tuple[str, str], world) -> deployments.Signals:
+        state = self.state(key)
+        spec = world.dep.get("spec") or {}
+        now = time.time()
+        _, replicas = deployments.counts(world)
+        desired = None
+        if (spec.get("autoscaling") or {}).get("metric", "concurrency") != "cpu":
+            desired = state.autoscaler.desired(now, sum(replicas.values()), spec)
+        serving = (world.dep.get("status") or {}).get("servingVersion")
+        drift = state.drift[1:] if state.drift and state.drift[0] == serving else None
+        if sampler.ready_pods(world.pods) and (key not in self.samplers or self.samplers[key].done()):
+            self.samplers[key] = asyncio.create_task(sampler.run(self, key))
+        operator_metrics.SAMPLERS.set(sum(1 for t in self.samplers.values() if not t.done()))
+        return deployments.Signals(desired=desired, wake=now - state.woken_at < WAKE_SIGNAL_SECONDS,
+                                   canary=state.canary_seen, drift=drift, conflicts=list(state.conflicts.values()))
+
+    async def _handle(self, key: tuple) -> None:
+        kind, ns, name = key
+        snapshot = self._snapshot(key)
+        if not snapshot:
+            self._forget(key)
+            return
+        obj, act = snapshot
+        if obj["metadata"].get("deletionTimestamp") and kind != "Model":
+            return  # going away: its children go with it (ownerReferences); a Model may have artifacts to delete
+        started = time.monotonic()
+        result, written = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._act, kind, obj, act)
+        operator_metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.monotonic() - started)
+        changed = result.acted or written is not None
+        operator_metrics.RECONCILES.labels(kind=kind, outcome="changed" if changed else "unchanged").inc()
+        self._absorb(key, obj, result, written)
+        if result.events:
+            try:
+                self.events.put_nowait(({**obj, "kind": kind}, result.events))
+            except asyncio.QueueFull:
+                log.warning("event queue full: dropped %d events of %s %s/%s", len(result.events), *key)
+
+    def _act(self, kind: str, obj: dict, act) -> tuple[Result, dict | None]:
+        """In a worker thread: reconcile, then write the status changes and post the events."""
+        result = act()
+        meta = obj["metadata"]
+        written = None
+        changes = status_changes(obj.get("status"), result.status)
+        if changes:
+            written = kube.patch_status(PLURALS[kind], meta["namespace"], meta["name"], changes)
+        return result, written
+
+    async def _post_events(self) -> None:
+        """Events go out after the reconcile that made them, off its path (the status already says it all)."""
+        while True:
+            obj, events = await self.events.get()
+            now = conditions.now()
+            for type_, reason, message in events:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.event_executor, kube.post_event, obj, type_, reason, message, now)
+                except Exception as exc:  # noqa: BLE001 - an Event is a courtesy
+                    meta = obj["metadata"]
+                    log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"],
+                                exc)
+
+    def _absorb(self, key: tuple, obj: dict, result: Result, written: dict | None) -> None:
+        """Back on the event loop: remember what we wrote, and when to look again."""
+        kind, ns, name = key
+        for w in [*result.written, *([written] if written else [])]:
+            self.world.remember(w)
+        for job_ns, job_name in result.jobs_created:
+            self.world.expect_job(job_ns, job_name)
+        if result.storage_checked:
+            self.world.storage_checked.add(result.storage_checked)
+        if kind == "Deployment":
+            state = self.state((ns, name))
+            if result.reset_canary:
+                state.reset_canary()
+            if result.conflicts is not None:
+                state.conflicts = {str(i): c for i, c in enumerate(result.conflicts)}
+        pending = self.new_generation.get(key)
+        if pending and (result.acted or written) and pending[0] == obj["metadata"].get("generation"):
+            operator_metrics.SPEC_TO_ACTION.labels(kind=kind).observe(time.monotonic() - pending[1])
+            self.new_generation.pop(key, None)
+        if result.requeue_after is not None:
+            self.queue.add_after(key, result.requeue_after)
+
+    def _forget(self, key: tuple) -> None:
+        kind, ns, name = key
+        self.queue.forget(key)
+        self.new_generation.pop(key, None)
+        self.failures.pop(key, None)
+        if kind == "Deployment":
+            self.states.pop((ns, name), None)
+            task = self.samplers.pop((ns, name), None)
+            if task:
+                task.cancel()
