@@ -65,9 +65,17 @@ def _write(model: dict, change, written: list[dict]):
     return result
 
 
-def reserve(model: dict, run: str, training_job: str | None, written: list[dict]) -> int:
-    """A version number for run, the same one however often it is asked (registry.reserve)."""
-    return _write(model, lambda st, obj: registry.reserve(st, run, training_job, conditions.now()), written)
+def reserve(model: dict, run: str, training_job: str | None, users: list[dict], written: list[dict]) -> int:
+    """A version number for run, the same one however often it is asked (registry.reserve).
+
+    The write settles the Model too, so a new Model's first run costs one status write, not two.
+    """
+
+    def change(status, obj):
+        status, version = registry.reserve(status, run, training_job, conditions.now())
+        return settle(obj, status, users), version
+
+    return _write(model, change, written)
 
 
 def commit_version(model: dict, version: int, card: dict, uri: str, users: list[dict], written: list[dict]) -> dict:
@@ -144,7 +152,7 @@ def _external(model: dict, index: int, entry: dict, store: str, users: list[dict
     existing = next((v for v in (model.get("status") or {}).get("versions", []) if v.get("run") == run), None)
     if existing and existing["state"] != "Pending":
         return
-    version = reserve(model, run, None, out.written)
+    version = reserve(model, run, None, users, out.written)
     current = out.written[-1] if out.written else model
     prefix = storage.version_prefix(store, name, version)
     field = f"spec.versions[{index}]"

@@ -122,7 +122,7 @@ def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: st
                     if v["state"] == "Pending" and str(v.get("run", "")).startswith(owner)), None)
     if pending is not None:
         run = pending["run"][len(owner):]
-    version = models.reserve(model, owner + run, name, out.written)
+    version = models.reserve(model, owner + run, name, world.model_users, out.written)
     prefix = storage.version_prefix(models.storage_of(model, cfg), spec["model"], version)
     job = trainingjob_builder.build_job(tj, version=version, run=run, output=prefix, image=image,
                                         s3_secret=cfg.s3_secret)
@@ -132,7 +132,7 @@ def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: st
     out.jobs_created.append((ns, job_name))
     out.status = {
         "phase": "Pending", "run": run, "jobName": job_name, "modelVersion": version, "artifactURI": prefix,
-        "attempts": 0, "startTime": conditions.now(), "completionTime": None, "metrics": None,
+        "attempts": 1, "startTime": conditions.now(), "completionTime": None, "metrics": None,
         "mainMetric": None, "bestParams": None, "sha256": None, "gatesPassed": None,
         "observedGeneration": generation,
         "conditions": _condition(status, "Unknown", "JobCreated", f"Job {job_name} trains version {version}",
