@@ -19,6 +19,20 @@ MANAGED = indexes.MANAGED
 SERVING = indexes.SERVING
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds a diff base (a deep copy of the object) on every event for its on.create/update
+    handlers; Kiln has none (every event only queues a key), so it keeps none."""
+
+    def build(self, *, body, extra_fields=None):
+        return {}
+
+    def fetch(self, *, body):
+        return None
+
+    def store(self, *, body, patch, essence):
+        return None
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs) -> None:
     # Watches that never time out hang silently on a half-dead connection.
@@ -27,6 +41,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs) -> N
     settings.watching.connect_timeout = 10
     # kopf waits this long for more events of one object before handling the latest; ours only queue a key.
     settings.batching.batch_window = 0.01
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.posting.level = logging.WARNING
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     memo.controller = Controller(CONFIG, {name: kwargs[name] for name in indexes.INDEX_NAMES})
