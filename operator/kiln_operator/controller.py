@@ -145,6 +145,10 @@ class Controller:
         now = time.time()
         _, replicas = deployments.counts(world)
         desired = None
+        if not (world.dep.get("status") or {}).get("servingVersion") and state.autoscaler.last_traffic is None:
+            # A new Deployment starts with a replica, as Knative's initial scale: it shows it can serve,
+            # then goes to zero (min: 0) after scaleToZeroAfter without traffic.
+            state.autoscaler.poke(now)
         if (spec.get("autoscaling") or {}).get("metric", "concurrency") != "cpu":
             desired = state.autoscaler.desired(now, sum(replicas.values()), spec)
         serving = (world.dep.get("status") or {}).get("servingVersion")

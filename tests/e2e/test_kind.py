@@ -152,7 +152,7 @@ spec:
               "-n", NS, "get", "deployments.kiln.dev", "iris")
 
     # a client pod (the operator image has Python) posts through the gateway's Service
-    url = f"http://kiln-operator.{SYSTEM_NS}.svc:8081/{NS}/iris/v2/models/iris/infer"
+    url = f"http://kiln-gateway.{SYSTEM_NS}.svc:8081/{NS}/iris/v2/models/iris/infer"
     script = (
         "import json, urllib.request; body = json.dumps({'inputs': [{'name': 'input', 'shape': [1, 4], "
         "'datatype': 'FP32', 'data': [[5.1, 3.5, 1.4, 0.2]]}]}).encode(); "

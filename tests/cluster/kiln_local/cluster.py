@@ -1,4 +1,4 @@
-"""Bring the whole local Kiln up or down: control plane, CRDs, node simulator, SeaweedFS, operator."""
+"""Bring the whole local Kiln up or down: control plane, CRDs, node simulator, SeaweedFS, operator, gateway."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from kiln_local import controlplane, procs, s3
 from kiln_local.paths import KUBECONFIG, LOGS, REPO, STATE
 
 OPERATOR_HEALTH = "http://127.0.0.1:18089/healthz"
-GATEWAY = "127.0.0.1:18090"  # the operator's gateway/activator: http://GATEWAY/<namespace>/<deployment>/v2/...
-ORDER = ("kiln-operator", "nodesim")  # stopped first, before what they talk to
+OPERATOR_LISTEN = "127.0.0.1:18091"  # the operator's /metrics and the activator's POST /wake/<namespace>/<name>
+GATEWAY = "127.0.0.1:18090"  # the gateway/activator: http://GATEWAY/<namespace>/<deployment>/v2/...
+GATEWAY_ADMIN = "127.0.0.1:18092"  # the gateway's /healthz, /readyz and /metrics
+ORDER = ("kiln-gateway", "kiln-operator", "nodesim")  # stopped first, before what they talk to
 
 
 def kubectl(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
@@ -28,7 +31,7 @@ def _step(n: int, total: int, what: str) -> float:
 def up(operator: bool = True) -> None:
     t0 = time.monotonic()
     STATE.mkdir(parents=True, exist_ok=True)
-    total = 6 if operator else 5
+    total = 7 if operator else 5
     _step(1, total, "control-plane binaries, etcd, kube-apiserver, controller-manager, scheduler")
     controlplane.up()
     _step(2, total, "CRDs (crds/)")
@@ -50,6 +53,8 @@ def up(operator: bool = True) -> None:
     if operator:
         _step(6, total, "operator from the working tree (kopf run)")
         start_operator(env)
+        _step(7, total, "gateway/activator from the working tree (python -m kiln_operator.gateway)")
+        start_gateway()
     print(f"[kiln] local cluster up in {time.monotonic() - t0:.0f}s\n"
           f"       export KUBECONFIG={KUBECONFIG}\n"
           f"       kubectl get nodes; kubectl get kiln; kubectl explain trainingjob.spec.split\n"
@@ -69,12 +74,49 @@ def _s3_secret(env: dict[str, str]) -> None:
                    input=manifest, text=True, check=True, capture_output=True)
 
 
-def start_operator(env: dict[str, str]) -> None:
+def start_operator(env: dict[str, str], source: Path | None = None) -> None:
+    """The operator from the working tree, or from source (another checkout's root: bench/bench_scale.py runs
+    the timer-driven baseline that way)."""
+    # The timer-driven operator ran a gateway inside unless KILN_GATEWAY was empty; the gateway is its own now.
+    extra = {"PYTHONPATH": f"{source / 'operator'}:{source / 'contract'}", "KILN_GATEWAY": ""} if source else {}
     procs.start("kiln-operator", [
         sys.executable, "-m", "kopf", "run", "--all-namespaces", "--standalone", "--log-format=json",
         f"--liveness={OPERATOR_HEALTH}", "-m", "kiln_operator",
-    ], env={**env, "KUBECONFIG": str(KUBECONFIG), "KILN_LOG_FORMAT": "json", "KILN_GATEWAY": GATEWAY}, cwd=str(REPO))
+    ], env={**env, "KUBECONFIG": str(KUBECONFIG), "KILN_LOG_FORMAT": "json", "KILN_OPERATOR_LISTEN": OPERATOR_LISTEN,
+            **extra}, cwd=str(source or REPO))
     procs.wait_for(_operator_live, "operator liveness", 60, "kiln-operator")
+
+
+def restart_operator(kill: bool = False) -> None:
+    """Stop the operator (SIGTERM, or SIGKILL with kill=True) and start it again; the gateway keeps serving."""
+    if kill:
+        procs.kill("kiln-operator")
+    else:
+        procs.stop("kiln-operator", grace=20)
+    start_operator(s3.read_env())
+
+
+def start_gateway() -> None:
+    """The gateway/activator as its own process, as the chart runs it in its own Deployment."""
+    procs.start("kiln-gateway", [sys.executable, "-m", "kiln_operator.gateway"], env={
+        "KUBECONFIG": str(KUBECONFIG), "KILN_LOG_FORMAT": "json", "KILN_GATEWAY_LISTEN": GATEWAY,
+        "KILN_GATEWAY_ADMIN_LISTEN": GATEWAY_ADMIN, "KILN_WAKE_URL": f"http://{OPERATOR_LISTEN}",
+        # No Service endpoints to leave here: stop at once.
+        "KILN_GATEWAY_DRAIN_SECONDS": "0",
+    }, cwd=str(REPO))
+    procs.wait_for(_gateway_ready, "gateway readiness (first list of pods and Kiln Deployments)", 60, "kiln-gateway")
+
+
+def restart_gateway() -> None:
+    procs.stop("kiln-gateway", grace=20)
+    start_gateway()
+
+
+def _gateway_ready() -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{GATEWAY_ADMIN}/readyz", timeout=2) as resp:
+        return resp.status == 200
 
 
 def _operator_live() -> bool:
@@ -94,7 +136,7 @@ def down() -> None:
 
 def status() -> int:
     names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodesim", s3.NAME,
-             "kiln-operator")
+             "kiln-operator", "kiln-gateway")
     code = 0
     for name in names:
         pid = procs.running(name)

@@ -1,4 +1,4 @@
-"""Clients for the operator's gateway on the local cluster: predictions and a bounded load.
+"""Clients for the gateway on the local cluster (the kiln-gateway process): predictions and a bounded load.
 
 Used by the demo, the integration tests and the benchmarks alike.
 """
@@ -18,7 +18,7 @@ HOST, PORT = GATEWAY.rsplit(":", 1)
 
 def infer(ns: str, dep: str, model: str, rows: list[list[float]], timeout: float = 120,
           gateway: tuple[str, int] | None = None) -> tuple[int, dict]:
-    """POST rows to a model through a gateway (the local operator's unless given) over the V2 protocol."""
+    """POST rows to a model through a gateway (the local cluster's unless given) over the V2 protocol."""
     host, port = gateway or (HOST, int(PORT))
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     body = json.dumps({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",

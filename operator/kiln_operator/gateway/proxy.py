@@ -1,0 +1,129 @@
+"""The request path: route, pick a ready pod (or wait for one), forward, answer. Zero API requests.
+
+The body arrives whole and bounded (server.py); what is decided here is where it goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from kiln_operator.gateway import metrics, routing, upstream
+from kiln_operator.gateway.config import Settings
+from kiln_operator.gateway.endpoints import Endpoints, Key
+from kiln_operator.gateway.server import Request, Response, json_response
+from kiln_operator.gateway.waiting import Waiters
+from kiln_operator.gateway.wake import Waker
+
+log = logging.getLogger("kiln.gateway.proxy")
+ATTEMPTS = 4  # pods tried for one request when connections are refused (a rollout removing pods)
+RETRY_AFTER_BUSY = 1
+RETRY_AFTER_NO_POD = 5
+NO_ROUTE = "no such route: requests go to /<namespace>/<deployment>/<path>"
+
+
+class Refusal(Exception):
+    """An answer the gateway gives itself: a status and a message, as JSON."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+    def response(self) -> Response:
+        extra = [(b"Retry-After", b"%d" % self.retry_after)] if self.retry_after else []
+        return json_response(self.status, self.message, extra)
+
+
+class Proxy:
+    def __init__(self, settings: Settings, table: Endpoints, waiters: Waiters, waker: Waker,
+                 pool: upstream.Pool, synced: Callable[[], bool]):
+        self.settings = settings
+        self.table = table
+        self.waiters = waiters
+        self.waker = waker
+        self.pool = pool
+        self.synced = synced
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await self._answer(request)
+        except Refusal as refusal:
+            response = refusal.response()
+        except asyncio.CancelledError:
+            # The client went away (server.py cancels the handler): whatever this request held (a waiter
+            # slot, a pod connection) was released by the finally blocks on the way up.
+            metrics.answered(499, time.perf_counter() - started)
+            raise
+        except Exception:
+            log.exception("%s %r failed", request.method, request.target[:200])
+            response = Refusal(500, "the gateway failed; see its log").response()
+        metrics.answered(response[0], time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: Request) -> Response:
+        route = routing.split(request.target)
+        if route is None:
+            raise Refusal(404, NO_ROUTE)
+        namespace, name, target = route
+        key = (namespace, name)
+        if not self.table.exists(key):
+            if not routing.valid(namespace, name):
+                raise Refusal(404, NO_ROUTE)
+            if not self.synced():
+                raise Refusal(503, "the gateway is starting (its routing table is not loaded yet)", RETRY_AFTER_BUSY)
+            raise Refusal(404, f'no Kiln Deployment "{name}" in namespace "{namespace}"')
+        body = request.body
+        head = routing.request_head(request.method, target, f"{name}.{namespace}.svc".encode(), request.headers,
+                                    len(body))
+        return await self._forward(key, (head, body), request.method == "HEAD")
+
+    async def _forward(self, key: Key, data: tuple[bytes, bytes], head_only: bool) -> Response:
+        tried: set[str] | None = None
+        deadline = None
+        for _ in range(ATTEMPTS):
+            ip = self.table.pick(key, tried)
+            if ip is None:
+                deadline = deadline or asyncio.get_running_loop().time() + self.settings.wait_seconds
+                ip = await self._wait_for_pod(key, tried, deadline)
+            try:
+                status, headers, payload = await self.pool.request(ip, data, head_only)
+            except upstream.Unreachable:
+                metrics.RETRIES.inc()
+                tried = tried or set()
+                tried.add(ip)
+                continue
+            except upstream.UpstreamTimeout as exc:
+                raise Refusal(504, f"pod {ip} of {key[0]}/{key[1]}: {exc}") from None
+            except upstream.BadResponse as exc:
+                raise Refusal(502, f"pod {ip} of {key[0]}/{key[1]}: {exc}") from None
+            return status, routing.response_headers(headers, keep_length=head_only), payload
+        raise Refusal(502, f"no pod of {key[0]}/{key[1]} could be reached ({len(tried or ())} tried)")
+
+    async def _wait_for_pod(self, key: Key, tried: set[str] | None, deadline: float) -> str:
+        """Hold the request until key has a ready pod not in tried, asking the operator for one."""
+        namespace, name = key
+        if not self.waiters.admit(key):
+            raise Refusal(503, f"{self.waiters.cap} requests already wait for a replica of {namespace}/{name}",
+                          RETRY_AFTER_BUSY)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self.table.exists(key):
+                    raise Refusal(404, f'Kiln Deployment "{name}" in namespace "{namespace}" was deleted')
+                ip = self.table.pick(key, tried)
+                if ip is not None:
+                    return ip
+                if not self.table.has_ready(key):
+                    self.waker.wake(key)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise Refusal(503, f"no ready replica of {namespace}/{name} within "
+                                       f"{self.settings.wait_seconds:g}s", RETRY_AFTER_NO_POD)
+                await self.waiters.changed(key, remaining)
+        finally:
+            self.waiters.leave(key)
