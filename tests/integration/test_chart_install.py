@@ -1,9 +1,10 @@
-"""The Helm chart installed into the local cluster, and the iris lifecycle run through the chart's operator.
+"""The Helm chart installed into the local cluster, and the iris lifecycle run through the chart's operator and gateway.
 
 Rendered by Helm's engine (helm-python-sdk), applied with kubectl into kiln-system. The node simulator runs the
-operator pod as a process with the pod's own ServiceAccount token, so the chart's RBAC is enforced for real: a
-missing verb shows up as a 403 in the operator's log and a stuck lifecycle. The working-tree operator is
-stopped first (two operators must never handle the same objects) and restarted at the end, whatever happens.
+operator and gateway pods as processes with their pods' own ServiceAccount tokens, so the chart's RBAC is enforced
+for real: a missing verb shows up as a 403 in a log and a stuck lifecycle. The working-tree operator is
+stopped first (two operators must never handle the same objects) and restarted at the end, whatever happens; the
+working-tree gateway keeps running (gateways only read).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "kiln.dev", "v1alpha1"
 NS = "kiln-system"
 SA = f"system:serviceaccount:{NS}:kiln-operator"
+GATEWAY_SA = f"system:serviceaccount:{NS}:kiln-gateway"
 
 
 
@@ -55,18 +57,43 @@ def get(custom, ns, plural, name):
     return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
 
 
+def component_pods(core, component: str) -> list[client.V1Pod]:
+    pods = core.list_namespaced_pod(NS, label_selector=f"app.kubernetes.io/component={component}").items
+    return [p for p in pods if not p.metadata.deletion_timestamp]
+
+
 def operator_pod(core) -> client.V1Pod | None:
-    pods = core.list_namespaced_pod(NS, label_selector="app.kubernetes.io/component=operator").items
-    return next((p for p in pods if not p.metadata.deletion_timestamp), None)
+    return next(iter(component_pods(core, "operator")), None)
 
 
-def pod_pid(pod_name: str) -> int | None:
+def ready(pod: client.V1Pod) -> bool:
+    return bool(pod.status.pod_ip and any(c.type == "Ready" and c.status == "True"
+                                          for c in pod.status.conditions or []))
+
+
+def pod_pid(pod_name: str, container: str = "operator") -> int | None:
     from kiln_local.paths import STATE
 
     try:
-        return int((STATE / "pods" / f"{NS}_{pod_name}" / "operator.pid").read_text())
+        return int((STATE / "pods" / f"{NS}_{pod_name}" / f"{container}.pid").read_text())
     except (OSError, ValueError):
         return None
+
+
+def chart_pids(core) -> list[int]:
+    """The processes of the chart's operator and gateway pods (the node simulator runs each as one)."""
+    pids = [pod_pid(p.metadata.name) for p in component_pods(core, "operator")]
+    pids += [pod_pid(p.metadata.name, "gateway") for p in component_pods(core, "gateway")]
+    return [pid for pid in pids if pid]
+
+
+def served_by_this_cluster(manifest: str) -> str:
+    """What `helm install` renders against this cluster: Kubernetes 1.20 serves PodDisruptionBudget only as
+    policy/v1beta1, which the chart picks by .Capabilities; an offline render cannot know it and says policy/v1."""
+    if "policy/v1" not in kubectl("api-versions").stdout.split():
+        return manifest.replace("apiVersion: policy/v1\nkind: PodDisruptionBudget",
+                                "apiVersion: policy/v1beta1\nkind: PodDisruptionBudget")
+    return manifest
 
 
 def alive(pid: int) -> bool:
@@ -77,7 +104,7 @@ def alive(pid: int) -> bool:
 
 
 def infer(ip: str, ns: str, dep: str, model: str, rows: list[list[float]]) -> tuple[int, dict]:
-    """Through the chart's operator's gateway, which listens on its pod IP."""
+    """Through one of the chart's gateway pods, which listen on their pod IPs."""
     from kiln_local.gateway_client import infer as via_gateway
 
     return via_gateway(ns, dep, model, rows, timeout=60, gateway=(ip, 8081))
@@ -85,8 +112,8 @@ def infer(ip: str, ns: str, dep: str, model: str, rows: list[list[float]]) -> tu
 
 @contextlib.contextmanager
 def installed(core, extra: dict | None = None):
-    """Install the chart (the working-tree operator stopped first); yield (operator pod, values); uninstall and
-    restart the working-tree operator, whatever happened."""
+    """Install the chart (the working-tree operator stopped first); yield (operator pod, values) once the operator
+    and both gateway pods are Ready; uninstall and restart the working-tree operator, whatever happened."""
     from kiln_local import cluster as local
     from kiln_local import procs, s3
 
@@ -97,36 +124,38 @@ def installed(core, extra: dict | None = None):
                                  "secretAccessKey": env["AWS_SECRET_ACCESS_KEY"], "createBucket": True},
                           "operator": {"watchTimeout": 60}}, extra or {})
     rendered = chart.render(values, namespace=NS)
+    manifest = served_by_this_cluster(chart.manifest(rendered))
     crds = "\n---\n".join(c["data"] for c in chart.crds())
     # an earlier run's namespace may still be terminating
     wait_until(lambda: "Terminating" not in kubectl("get", "namespace", NS, "-o", "jsonpath={.status.phase}",
                                                     check=False).stdout, 90, f"namespace {NS} to finish terminating")
     created_ns = kubectl("get", "namespace", NS, check=False).returncode != 0
-    pid = None
+    pids: list[int] = []
     procs.stop("kiln-operator", grace=20)
     try:
         kubectl("apply", "-f", "-", stdin=crds)  # what helm install does first; identical to crds/
         if created_ns:
             kubectl("create", "namespace", NS)
         # Helm's install order: the Secret and ServiceAccount before the pods that use them
-        kubectl("apply", "-f", "-", stdin=chart.manifest(rendered))
-        pod = wait_until(lambda: (p := operator_pod(core)) and p.status.pod_ip and any(
-            c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) and p, 90,
-            "the chart's operator pod to be Ready", interval=0.5)
-        pid = pod_pid(pod.metadata.name)
+        kubectl("apply", "-f", "-", stdin=manifest)
+        pod = wait_until(lambda: (p := operator_pod(core)) and ready(p) and p, 90,
+                         "the chart's operator pod to be Ready", interval=0.5)
+        wait_until(lambda: len([p for p in component_pods(core, "gateway") if ready(p)]) == 2, 90,
+                   "the chart's two gateway pods to be Ready", interval=0.5)
+        pids = chart_pids(core)
         yield pod, values
     finally:
-        pod = operator_pod(core)
-        pid = (pod_pid(pod.metadata.name) if pod else None) or pid
-        # the operator goes first (and its process ends) while its RBAC still exists, then the rest in
-        # Helm's uninstall order
-        kubectl("-n", NS, "delete", "deployment", "kiln-operator", "--ignore-not-found", "--cascade=foreground",
-                "--wait=true", "--timeout=60s", check=False)
+        pids = chart_pids(core) or pids
+        # the operator and the gateway go first (and their processes end) while their RBAC still exists, then
+        # the rest in Helm's uninstall order
+        kubectl("-n", NS, "delete", "deployment", "kiln-operator", "kiln-gateway", "--ignore-not-found",
+                "--cascade=foreground", "--wait=true", "--timeout=60s", check=False)
         try:
-            wait_until(lambda: operator_pod(core) is None and not (pid and alive(pid)), 60,
-                       "the chart's operator pod and process to be gone")
+            wait_until(lambda: not component_pods(core, "operator") and not component_pods(core, "gateway")
+                       and not any(alive(pid) for pid in pids), 60,
+                       "the chart's operator and gateway pods and processes to be gone")
             kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", "-",
-                    stdin=chart.manifest(rendered, uninstall=True), check=False)
+                    stdin=served_by_this_cluster(chart.manifest(rendered, uninstall=True)), check=False)
         finally:
             if created_ns:
                 kubectl("delete", "namespace", NS, "--wait=false", check=False)
@@ -148,18 +177,18 @@ def _drop_bucket(bucket: str) -> None:
         pass
 
 
-def refusals(pod) -> list[str]:
-    """API calls refused to the operator so far, e.g. 'cannot update resource "models/status" in API group ...'."""
+def refusals(pod, container: str = "operator") -> list[str]:
+    """API calls refused to the pod so far, e.g. 'cannot update resource "models/status" in API group ...'."""
     from kiln_local.paths import STATE
 
-    log = STATE / "pods" / f"{NS}_{pod.metadata.name}" / "operator.log"
+    log = STATE / "pods" / f"{NS}_{pod.metadata.name}" / f"{container}.log"
     text = log.read_text(errors="replace").replace('\\"', '"').replace('\\', "")
     return sorted(set(re.findall(r'cannot \w+ resource "[^"]+" in API group "[^"]*"', text))) or [
         line[:400] for line in text.splitlines() if "Forbidden" in line]
 
 
-def can_i(verb: str, resource: str, ns: str) -> bool:
-    out = kubectl("auth", "can-i", verb, resource, f"--as={SA}", "-n", ns, check=False).stdout.strip()
+def can_i(verb: str, resource: str, ns: str, account: str = SA) -> bool:
+    out = kubectl("auth", "can-i", verb, resource, f"--as={account}", "-n", ns, check=False).stdout.strip()
     assert out in ("yes", "no"), out
     return out == "yes"
 
@@ -187,13 +216,16 @@ def check_install(core, pod, values) -> None:
     storage.s3_client().head_bucket(Bucket=values["s3"]["bucket"])
 
 
-def lifecycle(custom, pod, ns: str, bucket: str, serve: bool = True) -> None:
-    """TrainingJob -> Model version -> Deployment Ready -> a prediction through the chart operator's gateway.
-    Every wait fails at once, naming the call, when the operator was refused anything (missing RBAC)."""
+def lifecycle(custom, core, pod, ns: str, bucket: str, serve: bool = True) -> None:
+    """TrainingJob -> Model version -> Deployment Ready -> a prediction through each of the chart's gateway pods.
+    Every wait fails at once, naming the call, when the operator or a gateway was refused anything (missing RBAC)."""
+    gateways = component_pods(core, "gateway")
 
     def no_refusal(check):
         def wrapped():
             assert refusals(pod) == [], refusals(pod)[:3]
+            for gw in gateways:
+                assert refusals(gw, "gateway") == [], refusals(gw, "gateway")[:3]
             return check()
         return wrapped
 
@@ -225,11 +257,12 @@ def lifecycle(custom, pod, ns: str, bucket: str, serve: bool = True) -> None:
                    for c in st.get("conditions", [])) and st
 
     wait_until(no_refusal(serving), 90, "the Deployment to be Ready", interval=0.5)
-    status, answer = infer(pod.status.pod_ip, ns, "iris", "iris", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
-    assert status == 200, answer
-    labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
-    assert [int(x) for x in labels] == [0, 2]
-    assert refusals(pod) == []
+    for gw in gateways:  # both replicas route, each from its own watches
+        status, answer = infer(gw.status.pod_ip, ns, "iris", "iris", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+        assert status == 200, answer
+        labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
+        assert [int(x) for x in labels] == [0, 2]
+    no_refusal(lambda: True)()
 
 
 def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(cluster, core, custom, kiln_ns, s3_env):
@@ -243,7 +276,15 @@ def test_chart_install_runs_the_iris_lifecycle_under_its_own_rbac(cluster, core,
                 ("delete", "trainingjobs.kiln.dev", False), ("update", "deployments.apps", False),
                 ("list", "namespaces", False), ("create", "clusterrolebindings", False)]:
             assert can_i(verb, resource, kiln_ns) is allowed, f"{verb} {resource}"
-        lifecycle(custom, pod, kiln_ns, values["s3"]["bucket"])
+        # the gateway reads pods and Kiln Deployments, and nothing else
+        for verb, resource, allowed in [
+                ("watch", "pods", True), ("list", "deployments.kiln.dev", True), ("get", "pods", True),
+                ("create", "pods", False), ("patch", "deployments.kiln.dev", False),
+                ("patch", "deployments.kiln.dev/status", False), ("list", "deployments.apps", False),
+                ("get", "secrets", False), ("list", "services", False), ("create", "events", False),
+                ("list", "trainingjobs.kiln.dev", False)]:
+            assert can_i(verb, resource, kiln_ns, GATEWAY_SA) is allowed, f"gateway: {verb} {resource}"
+        lifecycle(custom, core, pod, kiln_ns, values["s3"]["bucket"])
     assert time.monotonic() - t0 < 180
 
 
@@ -256,21 +297,25 @@ def test_watch_namespaces_grants_and_serves_only_those(cluster, core, custom, ki
         assert can_i("create", "jobs.batch", kiln_ns)
         assert not can_i("create", "jobs.batch", "default") and not can_i("list", "pods", "default")
         assert can_i("list", "namespaces", kiln_ns)  # kopf matches the watched names against them
-        lifecycle(custom, pod, kiln_ns, values["s3"]["bucket"], serve=False)
+        assert can_i("watch", "pods", kiln_ns, GATEWAY_SA) and not can_i("watch", "pods", "default", GATEWAY_SA)
+        for gw in component_pods(core, "gateway"):
+            assert [e.value for e in gw.spec.containers[0].env if e.name == "KILN_WATCH_NAMESPACES"] == [kiln_ns]
+        lifecycle(custom, core, pod, kiln_ns, values["s3"]["bucket"], serve=False)
     assert time.monotonic() - t0 < 120
 
 
 @pytest.fixture(autouse=True)
 def _clean_uninstall(cluster):
-    """After the uninstall: the working-tree operator runs again, and the chart's operator never hit a 403,
-    not even while shutting down (it is stopped before its RBAC is deleted)."""
+    """After the uninstall: the working-tree operator runs again, and the chart's operator and gateways never hit
+    a 403, not even while shutting down (they are stopped before their RBAC is deleted)."""
     from kiln_local import procs
     from kiln_local.paths import STATE
 
     started = time.time()
     yield
     assert procs.running("kiln-operator"), "the working-tree operator was not restarted"
-    logs = [p for p in (STATE / "pods").glob(f"{NS}_kiln-operator-*/operator.log") if p.stat().st_mtime >= started]
+    logs = [p for pattern in (f"{NS}_kiln-operator-*/operator.log", f"{NS}_kiln-gateway-*/gateway.log")
+            for p in (STATE / "pods").glob(pattern) if p.stat().st_mtime >= started]
     for log in logs:
         refused = [line[:300] for line in log.read_text(errors="replace").splitlines() if "Forbidden" in line]
         assert refused == [], f"{log}: {refused[:3]}"
@@ -285,10 +330,12 @@ def test_every_chart_option_passes_the_api_servers_validation(cluster, namespace
     values["operator"]["watchNamespaces"] = [namespace]
     values["monitoring"]["podMonitor"]["namespaces"] = [namespace]
     values["monitoring"]["dashboard"]["namespace"] = ""
-    objs = [o for o in chart.objects(chart.render(values, namespace=namespace, name=f"dry-{namespace}"))
-            if not o["apiVersion"].startswith("monitoring.coreos.com/")]
+    rendered = chart.render(values, namespace=namespace, name=f"dry-{namespace}")
+    objs = [o for o in yaml.safe_load_all(served_by_this_cluster(chart.manifest(rendered)))
+            if o and not o["apiVersion"].startswith("monitoring.coreos.com/")]
     kinds = {o["kind"] for o in objs}
-    assert {"Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim", "RoleBinding", "ConfigMap"} <= kinds
+    assert {"Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim", "RoleBinding", "ConfigMap",
+            "PodDisruptionBudget"} <= kinds
     out = kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(objs), check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("(server dry run)") == len(objs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -41,6 +42,11 @@ def operator_container(objs: list[dict]) -> dict:
     return dep["spec"]["template"]["spec"]["containers"][0]
 
 
+def gateway_container(objs: list[dict]) -> dict:
+    dep = one(objs, "Deployment", "kiln-gateway")
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
 def env_of(container: dict) -> dict:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
@@ -64,14 +70,16 @@ def test_lint_reports_a_broken_template(tmp_path):
     assert report["errors"], report
 
 
-def test_defaults_render_the_operator_its_rbac_and_service():
+def test_defaults_render_the_operator_the_gateway_their_rbac_and_services():
     objs = rendered()
     kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objs)
-    assert kinds == ["ClusterRole/kiln-operator", "ClusterRole/kiln-operator-cluster",
-                     "ClusterRoleBinding/kiln-operator", "ClusterRoleBinding/kiln-operator-cluster",
-                     "Deployment/kiln-operator", "Service/kiln-operator", "ServiceAccount/kiln-operator"]
+    assert kinds == ["ClusterRole/kiln-gateway", "ClusterRole/kiln-operator", "ClusterRole/kiln-operator-cluster",
+                     "ClusterRoleBinding/kiln-gateway", "ClusterRoleBinding/kiln-operator",
+                     "ClusterRoleBinding/kiln-operator-cluster", "Deployment/kiln-gateway", "Deployment/kiln-operator",
+                     "PodDisruptionBudget/kiln-gateway", "Service/kiln-gateway", "Service/kiln-operator",
+                     "ServiceAccount/kiln-gateway", "ServiceAccount/kiln-operator"]
     assert all(o["metadata"].get("namespace") in (None, "kiln-system") for o in objs)
-    dep = one(objs, "Deployment")
+    dep = one(objs, "Deployment", "kiln-operator")
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "kiln-operator" and pod["automountServiceAccountToken"] is True
@@ -83,7 +91,7 @@ def test_defaults_render_the_operator_its_rbac_and_service():
     # POD_IP comes first: the kubelet expands $(VAR) only from variables defined before
     assert c["env"][0] == {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     env = env_of(c)
-    assert env["KILN_GATEWAY"] == "$(POD_IP):8081"
+    assert env["KILN_OPERATOR_LISTEN"] == "$(POD_IP):8082" and "KILN_GATEWAY" not in env
     assert {k: env[k] for k in ("KILN_TRAINER_IMAGE", "KILN_SERVER_IMAGE", "KILN_ALLOWED_IMAGES", "KILN_S3_SECRET",
                                 "KILN_BUCKET", "AWS_REGION", "KILN_WATCH_TIMEOUT")} == {
         "KILN_TRAINER_IMAGE": "kiln/trainer:0.1.0", "KILN_SERVER_IMAGE": "kiln/server:0.1.0",
@@ -91,14 +99,85 @@ def test_defaults_render_the_operator_its_rbac_and_service():
         "AWS_REGION": "us-east-1", "KILN_WATCH_TIMEOUT": "300"}
     assert "KILN_S3_ENDPOINT" not in env and "envFrom" not in c  # AWS S3 with ServiceAccount credentials
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "gateway": 8081}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "http": 8082}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
-    svc = one(objs, "Service")
+    svc = one(objs, "Service", "kiln-operator")
     assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
-        "gateway": (8081, "gateway"), "health": (8080, "health")}
+        "http": (8082, "http"), "health": (8080, "health")}
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
-    assert one(objs, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert one(objs, "ServiceAccount", "kiln-operator")["automountServiceAccountToken"] is False
+    assert one(objs, "ServiceAccount", "kiln-gateway")["automountServiceAccountToken"] is False
+
+
+def test_the_gateway_is_its_own_deployment_of_the_operator_image():
+    objs = rendered()
+    dep = one(objs, "Deployment", "kiln-gateway")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "kiln-gateway" and pod["automountServiceAccountToken"] is True
+    c = pod["containers"][0]
+    assert c["image"] == operator_container(objs)["image"]
+    assert c["command"] == ["python", "-m", "kiln_operator.gateway"] and "args" not in c
+    assert c["env"][0]["name"] == "POD_IP"
+    env = env_of(c)
+    assert env["KILN_GATEWAY_LISTEN"] == "$(POD_IP):8081" and env["KILN_GATEWAY_ADMIN_LISTEN"] == "$(POD_IP):8080"
+    assert env["KILN_WAKE_URL"] == "http://kiln-operator.kiln-system.svc:8082" and env["KILN_WATCH_NAMESPACES"] == ""
+    assert not any(k.startswith(("AWS_", "KILN_S3")) for k in env) and "envFrom" not in c  # no S3 access
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8081, "admin": 8080}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    # the operator's Service and the gateway's select their own pods only
+    operator_labels = one(objs, "Deployment", "kiln-operator")["spec"]["template"]["metadata"]["labels"]
+    gateway_labels = dep["spec"]["template"]["metadata"]["labels"]
+    gw_svc, op_svc = one(objs, "Service", "kiln-gateway"), one(objs, "Service", "kiln-operator")
+    assert gw_svc["spec"]["selector"].items() <= gateway_labels.items()
+    assert not op_svc["spec"]["selector"].items() <= gateway_labels.items()
+    assert not gw_svc["spec"]["selector"].items() <= operator_labels.items()
+    assert gw_svc["spec"]["ports"] == [{"name": "http", "port": 8081, "targetPort": "http", "protocol": "TCP"}]
+    pdb = one(objs, "PodDisruptionBudget", "kiln-gateway")
+    assert pdb["spec"]["minAvailable"] == 1 and pdb["spec"]["selector"]["matchLabels"].items() <= gateway_labels.items()
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("values_file", [None, CHART / "ci" / "full-values.yaml"], ids=["defaults", "full"])
+def test_the_gateway_reads_every_setting_the_chart_gives_it(values_file, monkeypatch):
+    """The chart's env names and the gateway's (kiln_operator.gateway.config) stay in step."""
+    from kiln_operator.gateway import config
+
+    values = values_of(values_file) if values_file else {}
+    objs = rendered(values)
+    env = {k: v for k, v in env_of(gateway_container(objs)).items() if isinstance(v, str)}
+    for name in [n for n in os.environ if n.startswith("KILN_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("$(POD_IP)", "10.0.0.7"))
+    settings = config.load()
+    gw = {**values_of(CHART / "values.yaml")["gateway"], **values.get("gateway", {})}
+    host = "10.0.0.7" if gw["listenAddress"] == "$(POD_IP)" else gw["listenAddress"]
+    assert settings.listen == (host, gw["port"]) and settings.admin_listen == (host, gw["adminPort"])
+    assert settings.wait_seconds == gw["waitSeconds"] and settings.max_waiting == gw["maxWaiting"]
+    assert settings.max_body == gw["maxBodyBytes"] and settings.drain_seconds == gw["drainSeconds"]
+    assert settings.namespaces == tuple(values.get("operator", {}).get("watchNamespaces", ()))
+    assert settings.wake_url.startswith("http://kiln-operator.kiln-system.svc:")
+    assert settings.wake_url.endswith(f":{values.get('operator', {}).get('httpPort', 8082)}")
+    consumed = {"POD_IP", "KILN_GATEWAY_LISTEN", "KILN_GATEWAY_ADMIN_LISTEN", "KILN_WATCH_NAMESPACES", "KILN_WAKE_URL",
+                "KILN_GATEWAY_WAIT_SECONDS", "KILN_GATEWAY_MAX_WAITING", "KILN_GATEWAY_MAX_BODY_BYTES",
+                "KILN_GATEWAY_DRAIN_SECONDS", "KILN_LOG_FORMAT", "KILN_WATCH_TIMEOUT", "KILN_GATEWAY_UPSTREAM_TIMEOUT"}
+    source = "".join(p.read_text() for p in (REPO / "operator" / "kiln_operator" / "gateway").glob("*.py"))
+    for name in env:
+        assert name in consumed and (name == "POD_IP" or f'"{name}"' in source), name
+
+
+def test_a_disabled_gateway_leaves_nothing_of_it():
+    objs = rendered({"gateway": {"enabled": False}, "networkPolicy": {"enabled": True},
+                     "monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}})
+    assert not [o for o in objs if "gateway" in o["metadata"]["name"]]
+    netpol = one(objs, "NetworkPolicy", "kiln-operator")
+    assert [r["ports"][0]["port"] for r in netpol["spec"]["ingress"]] == ["health"]  # no peerless rule: not open
+    assert "KilnGatewayDown" not in json.dumps(one(objs, "PrometheusRule"))
 
 
 def test_the_rendered_kopf_command_line_parses():
@@ -136,7 +215,7 @@ def test_full_values_exercise_every_option():
     objs = rendered(values)
     kinds = {o["kind"] for o in objs}
     assert {"PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy", "Job", "PersistentVolumeClaim", "Secret",
-            "RoleBinding"} <= kinds
+            "RoleBinding", "PodDisruptionBudget"} <= kinds
     c = operator_container(objs)
     pod = one(objs, "Deployment", "kiln-operator")["spec"]["template"]
     assert c["image"] == "acme/kiln-operator@" + values["image"]["digest"] and c["imagePullPolicy"] == "Always"
@@ -144,7 +223,7 @@ def test_full_values_exercise_every_option():
     assert "--all-namespaces" not in c["args"] and "--log-format=full" in c["args"]
     assert "--liveness=http://0.0.0.0:9080/healthz" in c["args"]
     env = env_of(c)
-    assert env["KILN_GATEWAY"] == "0.0.0.0:9081" and env["KILN_ALLOWED_IMAGES"] == "acme/kiln-,acme/ml-team-"
+    assert env["KILN_OPERATOR_LISTEN"] == "0.0.0.0:9082" and env["KILN_ALLOWED_IMAGES"] == "acme/kiln-,acme/ml-team-"
     assert env["KILN_TRAINER_IMAGE"] == "acme/kiln-trainer:0.1.0-rc1" and env["KILN_S3_SECRET"] == "team-s3"
     assert env["KILN_DEFAULT_STORAGE"] == "s3://ml-models/registry" and env["KILN_EXTRA"] == "1"
     assert env["KILN_S3_ENDPOINT"] == "http://kiln-seaweedfs.kiln-system.svc:8333"
@@ -162,23 +241,44 @@ def test_full_values_exercise_every_option():
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "ml-models"
     assert one(objs, "ConfigMap")["metadata"]["namespace"] == "monitoring"
-    assert one(objs, "PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert one(objs, "PodMonitor", "kiln-serving")["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
     assert one(objs, "Service", "kiln-operator")["spec"]["type"] == "NodePort"
+    assert one(objs, "Service", "kiln-gateway")["spec"]["type"] == "LoadBalancer"
     seaweed = one(objs, "Deployment", "kiln-seaweedfs")["spec"]["template"]["spec"]
     assert seaweed["securityContext"]["runAsUser"] == 20001
     assert one(objs, "PersistentVolumeClaim")["spec"]["storageClassName"] == "standard"
-    netpol = one(objs, "NetworkPolicy")
-    assert netpol["spec"]["ingress"][1]["ports"] == [{"port": "gateway", "protocol": "TCP"}]
+    gw = one(objs, "Deployment", "kiln-gateway")
+    gw_pod = gw["spec"]["template"]["spec"]
+    assert gw["spec"]["replicas"] == 3 and gw_pod["serviceAccountName"] == "kiln-gw-sa"
+    assert gw_pod["terminationGracePeriodSeconds"] == 30  # drainSeconds 10, then 20 s for requests in flight
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in gw_pod["affinity"]["podAntiAffinity"]
+    gw_env = env_of(gw_pod["containers"][0])
+    assert gw_env["KILN_GATEWAY_LISTEN"] == "0.0.0.0:9081" and gw_env["KILN_GATEWAY_ADMIN_LISTEN"] == "0.0.0.0:9083"
+    assert gw_env["KILN_WATCH_NAMESPACES"] == "team-a,team-b" and gw_env["KILN_WAKE_URL"].endswith(":9082")
+    assert gw_env["KILN_LOG_FORMAT"] == "plain" and gw_env["KILN_GATEWAY_UPSTREAM_TIMEOUT"] == "30"
+    assert gw_pod["containers"][0]["resources"]["limits"]["cpu"] == "2"
+    assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert one(objs, "ServiceAccount", "kiln-gw-sa")["metadata"]["annotations"] == {"acme.kiln/role": "gateway"}
+    # predictions only from team-a; the operator's /wake and /metrics only from the gateway and monitoring
+    gw_netpol = one(objs, "NetworkPolicy", "kiln-gateway")
+    assert gw_netpol["spec"]["podSelector"]["matchLabels"] == gw["spec"]["selector"]["matchLabels"]
+    traffic = next(r for r in gw_netpol["spec"]["ingress"] if r["ports"][0]["port"] == "http")
+    assert traffic["from"] == values["networkPolicy"]["gatewayFrom"]
+    op_netpol = one(objs, "NetworkPolicy", "kiln-operator")
+    http = next(r for r in op_netpol["spec"]["ingress"] if r["ports"][0]["port"] == "http")
+    assert http["from"] == [{"podSelector": {"matchLabels": gw["spec"]["selector"]["matchLabels"]}},
+                            *values["networkPolicy"]["metricsFrom"]]
 
 
 def test_production_values_use_an_existing_secret_and_no_gateway():
     objs = rendered(values_of(CHART / "ci" / "production-values.yaml"))
     assert not [o for o in objs if o["kind"] in ("Secret", "ServiceAccount")]
+    assert not [o for o in objs if "gateway" in o["metadata"]["name"]]
     c = operator_container(objs)
     env = env_of(c)
     assert c["envFrom"] == [{"secretRef": {"name": "kiln-s3"}}]
-    assert env["KILN_GATEWAY"] == "" and env["KILN_S3_ENDPOINT"] == "http://minio.storage.svc:9000"
-    assert [p["name"] for p in one(objs, "Service")["spec"]["ports"]] == ["health"]
+    assert env["KILN_S3_ENDPOINT"] == "http://minio.storage.svc:9000"
+    assert [p["name"] for p in one(objs, "Service")["spec"]["ports"]] == ["http", "health"]
     binding = one(objs, "ClusterRoleBinding", "kiln-operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kiln-operator-managed",
                                     "namespace": "kiln-system"}]
@@ -202,10 +302,13 @@ def test_bad_values_are_refused_with_the_field_named(values, message):
 
 def test_watch_namespaces_bind_the_namespaced_rules_per_namespace_only():
     objs = rendered({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
-    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    assert all(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                "name": "kiln-operator"} for b in bindings)
+    for role in ("kiln-operator", "kiln-gateway"):
+        bindings = [o for o in objs if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role]
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+        assert all(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                    "name": role} for b in bindings)
+        assert all(b["subjects"][0]["name"] == role for b in bindings)
+    assert env_of(gateway_container(objs))["KILN_WATCH_NAMESPACES"] == "team-a,team-b"
     # the namespaced rules are not granted cluster-wide
     assert [b["roleRef"]["name"] for b in objs if b["kind"] == "ClusterRoleBinding"] == ["kiln-operator-cluster"]
     cluster_rules = one(objs, "ClusterRole", "kiln-operator-cluster")["rules"]
@@ -235,6 +338,7 @@ def test_rbac_has_no_wildcards_check_can_fail():
     assert any("*" in r["resources"] for r in rbac_rules(objs))
 
 
+WRITES = {"get", "list", "watch", "create", "patch", "delete"}  # watched, applied (server-side) and pruned
 EXPECTED_RULES = {
     # (apiGroup, resource): verbs -- each justified by a call in operator/kiln_operator/ or kopf
     ("kiln.dev", "trainingjobs"): {"get", "list", "watch", "patch"},
@@ -245,15 +349,18 @@ EXPECTED_RULES = {
     ("kiln.dev", "models/status"): {"update"},
     ("kiln.dev", "trainingjobs/finalizers"): {"update"},
     ("kiln.dev", "deployments/finalizers"): {"update"},
+    ("kiln.dev", "models/finalizers"): {"update"},
     ("", "events"): {"create"},
-    ("batch", "jobs"): {"get", "create", "delete"},
-    ("", "pods"): {"list"},
-    ("", "services"): {"get", "create", "patch"},
-    ("apps", "deployments"): {"get", "list", "create", "patch", "delete"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch"},
-    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"list", "watch"},
+    ("", "services"): WRITES,
+    ("apps", "deployments"): WRITES,
+    ("autoscaling", "horizontalpodautoscalers"): WRITES,
+    ("policy", "poddisruptionbudgets"): WRITES,
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
+# The gateway reads and writes nothing.
+EXPECTED_GATEWAY_RULES = {("", "pods"): {"get", "list", "watch"}, ("kiln.dev", "deployments"): {"get", "list", "watch"}}
 
 
 def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
@@ -265,8 +372,18 @@ def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def test_rbac_is_exactly_what_the_operator_uses():
-    assert grants(rbac_rules(rendered())) == EXPECTED_RULES
+def role_rules(objs: list[dict], *names: str) -> list[dict]:
+    return [r for o in objs if o["kind"] == "ClusterRole" and o["metadata"]["name"] in names for r in o["rules"]]
+
+
+def test_rbac_is_exactly_what_the_operator_and_the_gateway_use():
+    objs = rendered()
+    assert grants(role_rules(objs, "kiln-operator", "kiln-operator-cluster")) == EXPECTED_RULES
+    assert grants(role_rules(objs, "kiln-gateway")) == EXPECTED_GATEWAY_RULES
+    assert {o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRole"} == {
+        "kiln-operator", "kiln-operator-cluster", "kiln-gateway"}
+    binding = one(objs, "ClusterRoleBinding", "kiln-gateway")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kiln-gateway", "namespace": "kiln-system"}]
 
 
 def test_rbac_covers_every_child_the_builders_make():
@@ -312,17 +429,29 @@ def test_dashboard_and_rules_use_metrics_the_server_exports():
         assert wanted in titles, wanted
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     rules = [r["expr"] for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
-    metrics_source = (REPO / "server-image" / "kiln_server" / "metrics.py").read_text()
+    sources = [REPO / "server-image" / "kiln_server" / "metrics.py", REPO / "operator" / "kiln_operator" /
+               "operator_metrics.py", REPO / "operator" / "kiln_operator" / "gateway" / "metrics.py"]
+    metrics_source = "".join(p.read_text() for p in sources)
     used = set(re.findall(r"\bkiln_[a-z_]+", " ".join(exprs + rules)))
     assert used
     for name in used:
         base = re.sub(r"_(bucket|count|sum|total)$", "", name)
-        assert f'"{base}' in metrics_source, f"{name} is not exported by kiln_server.metrics"
+        assert f'"{base}' in metrics_source, f"{name} is exported by none of {[p.name for p in sources]}"
     assert any("histogram_quantile(0.99" in e for e in exprs)
+    # the operator's and the gateway's own metrics, each on the dashboard
+    for name in ("kiln_operator_reconciles_total", "kiln_operator_reconcile_duration_seconds_bucket",
+                 "kiln_operator_spec_to_action_seconds_bucket", "kiln_operator_api_requests_total",
+                 "kiln_operator_jobs_started_total", "kiln_operator_versions_registered_total",
+                 "kiln_operator_promotions_total", "kiln_operator_rollouts_total", "kiln_operator_rollbacks_total",
+                 "kiln_operator_queue_depth", "kiln_gateway_requests_total",
+                 "kiln_gateway_request_duration_seconds_bucket", "kiln_gateway_waiting_requests",
+                 "kiln_gateway_wakes_total"):
+        assert name in " ".join(exprs), name
     assert {r["alert"] for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"] if "alert" in r} == {
-        "KilnServingLatencyHigh", "KilnServingErrorRateHigh", "KilnOperatorDown", "KilnTrainingRunFailed"}
+        "KilnServingLatencyHigh", "KilnServingErrorRateHigh", "KilnOperatorDown", "KilnTrainingRunFailed",
+        "KilnGatewayDown", "KilnGatewayRequestsWaiting"}
     assert "{{ $labels.model }}" in json.dumps(one(objs, "PrometheusRule"))  # Prometheus templating survives Helm
-    monitor = one(objs, "PodMonitor")
+    monitor = one(objs, "PodMonitor", "kiln-serving")
     assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "kiln-server",
                                                           "app.kubernetes.io/managed-by": "kiln"}
 
@@ -338,14 +467,26 @@ def test_podmonitor_selects_the_pods_the_operator_builds():
     server = deployment_builder.build_server(dep, entry, track="stable", replicas=1, image="kiln/server:0.1.0",
                                              s3_secret="kiln-s3")
     template = server["spec"]["template"]
-    monitor = one(rendered({"monitoring": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    monitor = one(rendered({"monitoring": {"podMonitor": {"enabled": True}}}), "PodMonitor", "kiln-serving")
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
     port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
     assert port in {p["name"] for p in template["spec"]["containers"][0]["ports"]}
 
 
+@pytest.mark.parametrize("name, port", [("kiln-operator", "http"), ("kiln-gateway", "admin")])
+def test_podmonitors_scrape_the_operator_and_the_gateway_metrics_ports(name, port):
+    objs = rendered({"monitoring": {"podMonitor": {"enabled": True}}})
+    monitor = one(objs, "PodMonitor", name)
+    template = one(objs, "Deployment", name)["spec"]["template"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["kiln-system"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == port
+    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    assert port in {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+
+
 def test_notes_tell_how_to_reach_the_gateway_and_what_each_namespace_needs():
     notes = chart.render()["kiln/templates/NOTES.txt"]
-    assert "kiln-operator.kiln-system.svc:8081/<namespace>/<deployment>/v2/models/<model>/infer" in notes
+    assert "kiln-gateway.kiln-system.svc:8081/<namespace>/<deployment>/v2/models/<model>/infer" in notes
     assert 'needs the Secret "kiln-s3"' in notes and "pod-security.kubernetes.io/enforce=restricted" in notes

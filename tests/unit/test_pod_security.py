@@ -1,8 +1,8 @@
 """Every pod Kiln creates meets the Pod Security "restricted" profile; workload pods carry no API token.
 
-The checker is charts/pod_security.py (the Pod Security Standards' rules); it is applied to the operator's pod
-(the rendered chart, every values file), the training Job's pod (trainingjob_builder.build_job) and the serving
-Deployment's pod (deployment_builder.build_server), in their plain and their most demanding variants.
+The checker is charts/pod_security.py (the Pod Security Standards' rules); it is applied to the operator's and the
+gateway's pods (the rendered chart, every values file), the training Job's pod (trainingjob_builder.build_job) and
+the serving Deployment's pod (deployment_builder.build_server), in their plain and their most demanding variants.
 """
 
 from __future__ import annotations
@@ -92,15 +92,17 @@ def test_workload_pods_mount_no_service_account_token(name):
 def test_every_chart_pod_meets_restricted():
     pods = chart_pods()
     assert any(k.startswith("defaults:Deployment/kiln-operator") for k in pods)
+    assert any(k.startswith("defaults:Deployment/kiln-gateway") for k in pods)
     assert any("full-values.yaml:Deployment/kiln-seaweedfs" in k for k in pods)
     assert any("Job/kiln-create-bucket" in k for k in pods)
     for name, (spec, pod_annotations) in pods.items():
         assert pss.check(spec, pod_annotations) == [], name
 
 
-def test_only_the_operator_pod_mounts_a_token():
+def test_only_the_operator_and_gateway_pods_mount_a_token():
+    """The two Kiln processes that call the API server; the gateway's token can only read (see its RBAC)."""
     for name, (spec, _) in chart_pods().items():
-        wants_token = name.endswith("Deployment/kiln-operator")
+        wants_token = name.endswith(("Deployment/kiln-operator", "Deployment/kiln-gateway"))
         assert spec.get("automountServiceAccountToken") is wants_token, name
         if wants_token:
             c = spec["containers"][0]

@@ -9,6 +9,16 @@
 
 {{- define "kiln.operator" -}}{{ include "kiln.fullname" . }}-operator{{- end -}}
 
+{{- define "kiln.gateway" -}}{{ include "kiln.fullname" . }}-gateway{{- end -}}
+
+{{- define "kiln.gatewayServiceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (include "kiln.gateway" .) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- required "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "kiln.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "kiln.operator" .) .Values.serviceAccount.name -}}
@@ -30,6 +40,12 @@ app.kubernetes.io/part-of: kiln
 app.kubernetes.io/name: kiln
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kiln.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: kiln
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
 {{- end -}}
 
 {{/* image reference from {repository, tag, digest}: digest wins, tag defaults to appVersion. */}}
