@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+ARGS = {"bench_scale.py": ["--compare"]}  # measures its baseline (the timer-driven operator) in the same run
 
 
 def main() -> int:
@@ -14,7 +15,7 @@ def main() -> int:
     failed = []
     for script in scripts:
         print(f"\n=== {script.name} ===", flush=True)
-        if subprocess.run([sys.executable, str(script)]).returncode != 0:
+        if subprocess.run([sys.executable, str(script), *ARGS.get(script.name, [])]).returncode != 0:
             failed.append(script.name)
     print(f"\nbenchmarks: {len(scripts) - len(failed)} ran, {len(failed)} failed {failed or ''}; results in "
           f"{HERE / 'results'}")

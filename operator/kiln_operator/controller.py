@@ -36,6 +36,8 @@ PLURALS = {"TrainingJob": "trainingjobs", "Model": "models", "Deployment": "depl
 # Under a burst a TrainingJob's Job comes first, then serving, then Model bookkeeping.
 PRIORITY = {"TrainingJob": 0, "Deployment": 1, "Model": 2}
 WAKE_SIGNAL_SECONDS = 5.0
+EVENT_DEFER = 5.0
+BUSY_QUEUE = 20
 
 
 class Controller:
@@ -196,6 +198,11 @@ class Controller:
         while True:
             obj, events = await self.events.get()
             now = conditions.now()
+            # Under a burst the API server's capacity goes to the writes users wait for (Jobs, status);
+            # Events wait a little (at most EVENT_DEFER seconds) for the queue to drain.
+            deadline = time.monotonic() + EVENT_DEFER
+            while len(self.queue) > BUSY_QUEUE and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
             for type_, reason, message in events:
                 try:
                     await asyncio.get_running_loop().run_in_executor(

@@ -16,6 +16,8 @@ from kiln_operator.serving_decide import Observed, Plan, decide
 from kiln_operator.settings import Settings
 from kiln_operator.world import ServingWorld
 
+CONFLICT_RETRY = 30.0  # seconds between looks at a child name another app holds
+
 
 @dataclass
 class Signals:
@@ -73,6 +75,8 @@ def reconcile(world: ServingWorld, signals: Signals, cfg: Settings, now: float) 
     out.conflicts = conflicts
     if conflicts != signals.conflicts:
         out.requeue_after = 0.0  # report the conflict (or its end) at once
+    elif conflicts:  # the other object is not watched (not ours): look again now and then
+        out.requeue_after = min(out.requeue_after or CONFLICT_RETRY, CONFLICT_RETRY)
     out.reset_canary = plan.reset_canary
     for _, reason, _ in plan.events:
         if reason == "RolledOut":

@@ -106,7 +106,6 @@ def fail_version(model: dict, version: int, reason: str, users: list[dict], writ
 def reconcile(world: ModelWorld, cfg: Settings) -> Result:
     """One pass over a Model: its finalizer, rebuild from storage once, bring-your-own versions, then settle."""
     model = world.model
-    meta = model["metadata"]
     out = Result()
     if _finalize(model, cfg, out):
         return out
@@ -116,11 +115,8 @@ def reconcile(world: ModelWorld, cfg: Settings) -> Result:
         out.status = invalid_spec("Model", model, exc)
         return out
     store = storage_of(model, cfg)
-    status = model.get("status") or {}
     if not world.storage_checked:
-        out.storage_checked = meta["uid"]
-        if not status.get("versions") and not status.get("latestVersion"):
-            _rebuild(model, store, world.users, out)
+        adopt_storage(model, cfg, world.users, out)
     for i, entry in enumerate((model.get("spec") or {}).get("versions") or []):
         current = out.written[-1] if out.written else model
         _external(current, i, entry, store, world.users, out)
@@ -128,6 +124,18 @@ def reconcile(world: ModelWorld, cfg: Settings) -> Result:
     _write(current, lambda st, obj: (settle(obj, st, world.users), None), out.written)
     out.acted = bool(out.written)
     return out
+
+
+def adopt_storage(model: dict, cfg: Settings, users: list[dict], out: Result) -> None:
+    """Once per Model and operator start: a Model without versions adopts those its storage holds.
+
+    Before its first reservation too (trainingjobs.start), or a cluster rebuilt from Git would
+    number a new run 1 and write over the artifacts of the old version 1.
+    """
+    out.storage_checked = model["metadata"]["uid"]
+    status = model.get("status") or {}
+    if not status.get("versions") and not status.get("latestVersion"):
+        _rebuild(model, storage_of(model, cfg), users, out)
 
 
 def _rebuild(model: dict, store: str, users: list[dict], out: Result) -> None:

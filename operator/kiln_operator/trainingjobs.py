@@ -116,6 +116,9 @@ def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: st
                       events=[("Warning", "ImageNotAllowed", str(exc))])
 
     out = Result(acted=True)
+    if not world.storage_checked:
+        models.adopt_storage(model, cfg, world.model_users, out)
+        model = out.written[-1] if out.written else model
     # A reservation this TrainingJob made before a crash is adopted, never doubled.
     owner = f"{meta['uid']}/"
     pending = next((v for v in (model.get("status") or {}).get("versions", [])

@@ -41,6 +41,7 @@ class TrainingWorld:
     job: dict | None
     job_expected: bool  # we created that Job moments ago; the watch has not shown it yet
     pods: list[dict]
+    storage_checked: bool = True  # the Model's storage was listed (versions from before a rebuild adopted)
 
 
 @dataclass
@@ -113,8 +114,10 @@ class World:
             self.expected_jobs.pop((ns, job_name), None)
             created = None
         pods = _all(self.indexes.get("kiln_pods"), (ns, "job", job_name)) if job_name else []
-        return TrainingWorld(tj=tj, model=self.model(ns, model_name), model_users=self.users_of(ns, model_name),
-                             job=job, job_expected=created is not None, pods=pods)
+        model = self.model(ns, model_name)
+        return TrainingWorld(tj=tj, model=model, model_users=self.users_of(ns, model_name),
+                             job=job, job_expected=created is not None, pods=pods,
+                             storage_checked=model is None or model["metadata"].get("uid") in self.storage_checked)
 
     def registry(self, ns: str, name: str) -> ModelWorld | None:
         model = self.model(ns, name)

@@ -204,3 +204,34 @@ def test_input_drift_sets_drifted_and_retrains(custom, kiln_ns):
     wait_until(retrained, 120, "the retrain run")
     events = client.CoreV1Api().list_namespaced_event(kiln_ns, field_selector="involvedObject.name=iris").items
     assert {"Drifted", "RetrainRequested"} <= {e.reason for e in events}
+
+
+def test_a_child_name_taken_by_another_app_is_reported_and_left_alone(custom, kiln_ns):
+    """A Kiln Deployment named like another app's Service: a condition names the conflict; the Service is
+    left exactly as it was, and serving starts once it is gone."""
+    core = client.CoreV1Api()
+    core.create_namespaced_service(kiln_ns, client.V1Service(
+        metadata=client.V1ObjectMeta(name="iris", labels={"app": "someone-else"}),
+        spec=client.V1ServiceSpec(selector={"app": "someone-else"},
+                                  ports=[client.V1ServicePort(port=9999, protocol="TCP")])))
+    before = core.read_namespaced_service("iris", kiln_ns)
+    create(custom, kiln_ns, "models", "Model", "iris", {"aliases": {"production": 1}})
+    train(custom, kiln_ns, "v1")
+    create(custom, kiln_ns, "deployments", "Deployment", "iris", {"model": {"name": "iris"}})
+
+    def conflicted():
+        st = get(custom, kiln_ns, "deployments", "iris").get("status") or {}
+        cond = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
+        return cond.get("reason") == "ChildConflict" and cond
+
+    cond = wait_until(conflicted, 60, "a ChildConflict condition", interval=0.5)
+    assert cond["status"] == "False" and "Service iris already exists" in cond["message"]
+    after = core.read_namespaced_service("iris", kiln_ns)
+    assert after.metadata.resource_version == before.metadata.resource_version  # not even patched
+    assert after.spec.selector == {"app": "someone-else"} and after.spec.ports[0].port == 9999
+
+    core.delete_namespaced_service("iris", kiln_ns, _preload_content=False)  # the typed answer fails to parse
+    ready(custom, kiln_ns, "iris", version=1)
+    mine = core.read_namespaced_service("iris", kiln_ns)
+    assert mine.spec.selector == {"kiln.dev/deployment": "iris"}
+    assert mine.metadata.owner_references[0].kind == "Deployment"

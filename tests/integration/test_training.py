@@ -199,6 +199,23 @@ def test_model_status_rebuilds_from_storage(custom, kiln_ns):
     assert after["versions"][0]["source"] == "storage"
 
 
+def test_a_rebuilt_cluster_numbers_a_new_run_after_the_versions_in_storage(custom, kiln_ns):
+    """Model and TrainingJob applied together (GitOps into a new cluster): the run must not reuse v1."""
+    create(custom, kiln_ns, "models", "Model", "iris", {})
+    create(custom, kiln_ns, "trainingjobs", "TrainingJob", "first", tj_spec())
+    assert finished(custom, kiln_ns, "first")["modelVersion"] == 1
+    before = get(custom, kiln_ns, "models", "iris")["status"]["versions"][0]["sha256"]
+    for plural, name in (("trainingjobs", "first"), ("models", "iris")):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, kiln_ns, plural, name)
+    wait_until(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, kiln_ns, "models")["items"],
+               30, "Model deletion")
+    create(custom, kiln_ns, "trainingjobs", "TrainingJob", "second", tj_spec())  # before its Model, even
+    create(custom, kiln_ns, "models", "Model", "iris", {})
+    assert finished(custom, kiln_ns, "second")["modelVersion"] == 2
+    versions = {v["version"]: v for v in get(custom, kiln_ns, "models", "iris")["status"]["versions"]}
+    assert versions[1]["sha256"] == before and versions[1].get("source") == "storage"
+
+
 def test_bring_your_own_model_is_verified(custom, kiln_ns, s3_env, tmp_path):
     import joblib
     from sklearn.datasets import load_iris

@@ -10,7 +10,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln-local", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or complete) the local cluster")
-    up.add_argument("--no-operator", action="store_true", help="leave the operator and the gateway out (run them yourself)")
+    up.add_argument("--no-operator", action="store_true",
+                    help="leave the operator and the gateway out (run them yourself)")
     sub.add_parser("down", help="stop every process the cluster started")
     sub.add_parser("status", help="list the cluster's processes")
     sub.add_parser("env", help="print shell exports for KUBECONFIG and S3")
