@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,6 +27,47 @@ def read_card(prefix: str) -> dict | None:
             return None
         raise
     return card.loads(body)
+
+
+class StoredModels:
+    """Which Model directories a storage prefix holds: one listing per prefix, not one per Model.
+
+    A new Model is checked against storage once (a cluster rebuilt from Git adopts what S3 holds);
+    with hundreds of Models created at once, one delimited listing of the prefix answers for all of
+    them. Directories this operator creates (every reservation) are noted as they are made; the
+    listing itself is refreshed after `ttl` seconds, for writers other than this operator.
+    """
+
+    def __init__(self, ttl: float = 60.0):
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, set[str]]] = {}
+        self._lock = threading.Lock()
+
+    def holds(self, storage_uri: str, model: str) -> bool:
+        with self._lock:  # one listing at a time per operator: concurrent callers wait for its answer
+            hit = self._seen.get(storage_uri)
+            if hit is None or time.monotonic() - hit[0] > self.ttl:
+                hit = self._seen[storage_uri] = (time.monotonic(), _model_dirs(storage_uri))
+            return model in hit[1]
+
+    def note(self, storage_uri: str, model: str) -> None:
+        with self._lock:
+            if storage_uri in self._seen:
+                self._seen[storage_uri][1].add(model)
+
+
+def _model_dirs(storage_uri: str) -> set[str]:
+    base = storage.parse_s3(storage_uri)
+    prefix = base.key.rstrip("/") + "/" if base.key else ""
+    names = set()
+    for page in storage.s3_client().get_paginator("list_objects_v2").paginate(
+            Bucket=base.bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            names.add(common["Prefix"][len(prefix):].rstrip("/"))
+    return names
+
+
+STORED = StoredModels()
 
 
 def list_cards(storage_uri: str, model: str) -> dict[int, tuple[str, dict]]:

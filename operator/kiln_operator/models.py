@@ -65,7 +65,8 @@ def _write(model: dict, change, written: list[dict]):
     return result
 
 
-def reserve(model: dict, run: str, training_job: str | None, users: list[dict], written: list[dict]) -> int:
+def reserve(model: dict, store: str, run: str, training_job: str | None, users: list[dict],
+            written: list[dict]) -> int:
     """A version number for run, the same one however often it is asked (registry.reserve).
 
     The write settles the Model too, so a new Model's first run costs one status write, not two.
@@ -75,7 +76,9 @@ def reserve(model: dict, run: str, training_job: str | None, users: list[dict], 
         status, version = registry.reserve(status, run, training_job, conditions.now())
         return settle(obj, status, users), version
 
-    return _write(model, change, written)
+    version = _write(model, change, written)
+    artifacts.STORED.note(store, model["metadata"]["name"])  # its directory exists from now on
+    return version
 
 
 def commit_version(model: dict, version: int, card: dict, uri: str, users: list[dict], written: list[dict]) -> dict:
@@ -134,8 +137,10 @@ def adopt_storage(model: dict, cfg: Settings, users: list[dict], out: Result) ->
     """
     out.storage_checked = model["metadata"]["uid"]
     status = model.get("status") or {}
-    if not status.get("versions") and not status.get("latestVersion"):
-        _rebuild(model, storage_of(model, cfg), users, out)
+    store = storage_of(model, cfg)
+    if not status.get("versions") and not status.get("latestVersion") and \
+            artifacts.STORED.holds(store, model["metadata"]["name"]):
+        _rebuild(model, store, users, out)
 
 
 def _rebuild(model: dict, store: str, users: list[dict], out: Result) -> None:
@@ -160,7 +165,7 @@ def _external(model: dict, index: int, entry: dict, store: str, users: list[dict
     existing = next((v for v in (model.get("status") or {}).get("versions", []) if v.get("run") == run), None)
     if existing and existing["state"] != "Pending":
         return
-    version = reserve(model, run, None, users, out.written)
+    version = reserve(model, store, run, None, users, out.written)
     current = out.written[-1] if out.written else model
     prefix = storage.version_prefix(store, name, version)
     field = f"spec.versions[{index}]"

@@ -125,8 +125,9 @@ def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: st
                     if v["state"] == "Pending" and str(v.get("run", "")).startswith(owner)), None)
     if pending is not None:
         run = pending["run"][len(owner):]
-    version = models.reserve(model, owner + run, name, world.model_users, out.written)
-    prefix = storage.version_prefix(models.storage_of(model, cfg), spec["model"], version)
+    store = models.storage_of(model, cfg)
+    version = models.reserve(model, store, owner + run, name, world.model_users, out.written)
+    prefix = storage.version_prefix(store, spec["model"], version)
     job = trainingjob_builder.build_job(tj, version=version, run=run, output=prefix, image=image,
                                         s3_secret=cfg.s3_secret)
     job_name = job["metadata"]["name"]
