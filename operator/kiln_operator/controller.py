@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 
+from kiln_contract import storage
 from kiln_operator import (
     conditions,
     deployments,
@@ -57,6 +58,9 @@ class Controller:
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        # Made now rather than by the first reconciles of a burst, which would all wait for them.
+        await asyncio.to_thread(kube.api)
+        await asyncio.to_thread(storage.s3_client)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.cfg.workers)]
         self.tasks.append(asyncio.create_task(self._resync()))

@@ -64,7 +64,8 @@ def api() -> client.ApiClient:
     else:
         config.load_kube_config()
     configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = 32  # a keep-alive connection per worker thread, and then some
+    # A keep-alive connection per worker thread: a pool smaller than the workers makes new TLS handshakes.
+    configuration.connection_pool_maxsize = int(os.environ.get("KILN_WORKERS", "32")) + 8
     api_client = client.ApiClient(configuration)
     api_client.user_agent = "kiln-operator"  # the manager name in managedFields, and in the API server's logs
     api_client.rest_client.request = _counted(api_client.rest_client.request)
