@@ -48,13 +48,13 @@ demo: cluster-up
 	@$(PY) -m kiln_local.demo
 
 unit: $(STAMP)
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit -q -rs
 
 integration: binaries
-	$(PY) -m pytest tests/integration -q
+	$(PY) -m pytest tests/integration -q -rs
 
 test: binaries
-	$(PY) -m pytest tests/unit tests/integration -q -p no:cacheprovider
+	$(PY) -m pytest tests/unit tests/integration -q -rs -p no:cacheprovider
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
