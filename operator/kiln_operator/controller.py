@@ -163,7 +163,7 @@ class Controller:
             self.samplers[key] = asyncio.create_task(sampler.run(self, key))
         operator_metrics.SAMPLERS.set(sum(1 for t in self.samplers.values() if not t.done()))
         return deployments.Signals(desired=desired, wake=now - state.woken_at < WAKE_SIGNAL_SECONDS,
-                                   canary=state.canary_seen, drift=drift, conflicts=list(state.conflicts.values()))
+                                   canary=state.canary_seen, drift=drift, conflicts=list(state.conflicts))
 
     async def _handle(self, key: tuple) -> None:
         kind, ns, name = key
@@ -230,7 +230,7 @@ class Controller:
             if result.reset_canary:
                 state.reset_canary()
             if result.conflicts is not None:
-                state.conflicts = {str(i): c for i, c in enumerate(result.conflicts)}
+                state.conflicts = list(result.conflicts)
         pending = self.new_generation.get(key)
         if pending and (result.acted or written) and pending[0] == obj["metadata"].get("generation"):
             operator_metrics.SPEC_TO_ACTION.labels(kind=kind).observe(time.monotonic() - pending[1])

@@ -70,8 +70,9 @@ def reconcile(world: ServingWorld, signals: Signals, cfg: Settings, now: float) 
                            now=now, wake=signals.wake, canary=signals.canary, drift=signals.drift,
                            conflicts=signals.conflicts), cfg)
     out = Result(status=plan.status, events=plan.events, requeue_after=plan.requeue_after)
-    conflicts, out.acted = apply.sync(meta["namespace"], desired_children(dep, plan, cfg, api_versions()),
-                                      world.children, meta["uid"], api_versions())
+    versions = api_versions()
+    conflicts, out.acted = apply.sync(meta["namespace"], desired_children(dep, plan, cfg, versions),
+                                      world.children, meta["uid"], versions)
     out.conflicts = conflicts
     if conflicts != signals.conflicts:
         out.requeue_after = 0.0  # report the conflict (or its end) at once

@@ -16,6 +16,7 @@ import time
 import aiohttp
 
 from kiln_operator import artifacts, deployment_builder, drift
+from kiln_operator.pods import is_ready
 
 log = logging.getLogger("kiln.sampler")
 INTERVAL = 1.0
@@ -23,12 +24,7 @@ IDLE_ROUNDS = 3
 
 
 def ready_pods(pods: list[dict]) -> list[dict]:
-    def ready(p):
-        st = p.get("status") or {}
-        return (not p["metadata"].get("deletionTimestamp") and st.get("podIP")
-                and any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or []))
-
-    return [p for p in pods if ready(p)]
+    return [p for p in pods if is_ready(p)]
 
 
 async def scrape(session: aiohttp.ClientSession, pod: dict) -> str | None:

@@ -26,7 +26,7 @@ class ServingState:
     drift_checked: float = 0.0
     drift: tuple[int, bool | None, dict] | None = None  # (version, drifted, scores) of the last check
     woken_at: float = 0.0
-    conflicts: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> message
+    conflicts: list[str] = field(default_factory=list)  # children held by others, as last reported
 
     def ingest(self, now: float, scraped: list[tuple[dict, str]], canary: int | None) -> None:
         """One round of (pod, /metrics text): per-pod deltas feed the autoscaler and the canary's tally."""

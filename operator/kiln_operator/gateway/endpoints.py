@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from kiln_operator.pods import is_ready
+
 DEPLOYMENT_LABEL = "kiln.dev/deployment"
 Key = tuple[str, str]  # (namespace, Kiln Deployment name)
-
-
-def is_ready(pod: dict) -> bool:
-    """Ready condition True, an IP, and not being deleted: a pod that may take traffic."""
-    status = pod.get("status") or {}
-    return bool(not (pod.get("metadata") or {}).get("deletionTimestamp") and status.get("podIP")
-                and any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in status.get("conditions") or ()))
 
 
 def pod_route(pod: dict) -> tuple[str, Key | None, str | None]:
