@@ -104,8 +104,7 @@ def main() -> int:
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    src = core.read_namespaced_secret("kiln-s3", "default")
-    core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="kiln-s3"), data=src.data))
+    local.copy_s3_secrets(core, ns)
     wait(lambda: any(sa.metadata.name == "default" and sa.secrets
                      for sa in core.list_namespaced_service_account(ns).items), 60, "service account")
     out: dict = {"baselines": {}}

@@ -372,9 +372,7 @@ def setup_namespace(core: client.CoreV1Api, ns: str) -> None:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
         name=ns, labels={"kiln.dev/bench": "scale"})))
     try:
-        src = core.read_namespaced_secret("kiln-s3", "default")
-        core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="kiln-s3"),
-                                                          data=src.data))
+        local.copy_s3_secrets(core, ns)
     except ApiException:
         pass
     wait(lambda: any(sa.metadata.name == "default" and sa.secrets

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
-from kiln_contract import MODEL_CARD, card, checksums, netguard, storage
+from kiln_contract import MODEL_CARD, card, checksums, storage
+from kiln_contract import fetch as remote
+
+log = logging.getLogger(__name__)
 
 _VERSION_DIR = re.compile(r"/v(\d+)/$")
 
 
-def read_card(prefix: str) -> dict | None:
+class StoredCard(NamedTuple):
+    card: dict
+    sha256: str  # of the card's bytes as stored: recorded in Model status, checked by the server before use
+
+
+def read_card(prefix: str) -> StoredCard | None:
     """The committed model card under a version prefix, or None while the version is unfinished."""
     loc = storage.parse_s3(storage.card_uri(prefix))
     try:
@@ -26,7 +35,7 @@ def read_card(prefix: str) -> dict | None:
         if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
             return None
         raise
-    return card.loads(body)
+    return StoredCard(card.loads(body), checksums.sha256_bytes(body))
 
 
 class StoredModels:
@@ -70,8 +79,8 @@ def _model_dirs(storage_uri: str) -> set[str]:
 STORED = StoredModels()
 
 
-def list_cards(storage_uri: str, model: str) -> dict[int, tuple[str, dict]]:
-    """Every committed version of a model in storage: {version: (prefix uri, card)}."""
+def list_cards(storage_uri: str, model: str) -> dict[int, tuple[str, StoredCard]]:
+    """Every committed version of a model in storage: {version: (prefix uri, stored card)}."""
     base = storage.parse_s3(storage_uri).child(model)
     s3 = storage.s3_client()
     found: dict[int, tuple[str, dict]] = {}
@@ -88,59 +97,72 @@ def list_cards(storage_uri: str, model: str) -> dict[int, tuple[str, dict]]:
     return found
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise ValueError(f"{req.full_url} redirects to {newurl}; redirects are not followed")
-
-
-def fetch(uri: str, dest: Path) -> None:
-    """Download an external artifact (s3:// or https://) to dest.
+def fetch(uri: str, dest: Path, sha256: str | None = None) -> None:
+    """Download an external artifact (s3:// or https://) to dest; with sha256, only if it matches.
 
     file:// is refused: it would read the operator's own files (its service-account token).
-    https:// goes through the SSRF guard and follows no redirects.
+    https:// goes through kiln_contract.fetch: the SSRF guard, pinned to the checked address,
+    capped in size and time, no redirects. A mismatching or cut-short download leaves no dest.
     """
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         loc = storage.parse_s3(uri)
         storage.s3_client().download_file(loc.bucket, loc.key, str(dest))
+        if sha256 and checksums.sha256_file(dest) != sha256.lower():
+            dest.unlink()
+            raise ValueError(f"sha256 mismatch: {uri} does not have sha256 {sha256}")
     elif parsed.scheme == "https":
-        netguard.check_url(uri)
-        opener = urllib.request.build_opener(_NoRedirects)
-        with opener.open(uri, timeout=60) as resp, open(dest, "wb") as out:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
+        try:
+            remote.fetch_to_file_sync(uri, dest, sha256=sha256)
+        except remote.FetchError as exc:
+            if exc.detail:
+                # The cause stays in the operator's log: in the Model's status it would tell a
+                # user which ports answer on the addresses the guard allows.
+                log.warning("BYO artifact %s: %s (%s)", uri, exc.why, exc.detail)
+            raise
     else:
         raise ValueError(f"unsupported artifact URI {uri!r}: give s3:// or https://")
 
 
-def import_external(entry: dict, prefix: str, model: str, version: int, now: str) -> dict:
-    """Verify an external artifact's sha256, copy it under prefix with a model card; return the card.
-
-    Nothing is written to the version's prefix unless the checksum matches.
-    """
+def external_format(entry: dict) -> str:
+    """The artifact format of a bring-your-own entry (spec.versions[]), checked before anything is fetched."""
     fmt = entry.get("format") or Path(urlparse(entry["uri"]).path).suffix.lstrip(".")
     if fmt not in card.FORMAT_FILES:
         raise ValueError(f"format {fmt!r} unknown; give one of {', '.join(card.FORMAT_FILES)}")
+    return fmt
+
+
+def import_external(entry: dict, prefix: str, model: str, version: int, now: str,
+                    downloaded: Path | None = None) -> StoredCard:
+    """Verify an external artifact's sha256, copy it under prefix with a model card; return the card.
+
+    downloaded: the file already fetched and verified (https, kiln_operator.downloads); else it is fetched
+    here (s3://). Nothing is written to the version's prefix unless the checksum matches.
+    """
+    fmt = external_format(entry)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / card.FORMAT_FILES[fmt]
-        fetch(entry["uri"], local)
-        actual = checksums.sha256_file(local)
-        if actual != entry["sha256"].lower():
-            # The digest actually read is not echoed: it would let a user probe files they cannot read.
-            raise ValueError(f"sha256 mismatch: {entry['uri']} does not have sha256 {entry['sha256']}")
+        if downloaded is None:
+            # The digest actually read is never echoed: it would let a user probe files they cannot read.
+            fetch(entry["uri"], local, sha256=entry["sha256"])
+        else:
+            local = downloaded
+        actual = entry["sha256"].lower()
         model_card = {
             "metrics": entry.get("metrics") or {}, "gates": [], "params": {},
-            "artifacts": [{"file": local.name, "format": fmt, "sha256": actual, "bytes": local.stat().st_size}],
+            "artifacts": [{"file": card.FORMAT_FILES[fmt], "format": fmt, "sha256": actual,
+                           "bytes": local.stat().st_size}],
             "dataset": {}, "features": {}, "libraries": {}, "spec": {"external": entry}, "timings": {},
             "device": {}, "task": entry.get("task"), "source": "external", "model": model, "version": version,
             "created": now,
         }
         s3 = storage.s3_client()
         loc = storage.parse_s3(prefix)
-        s3.upload_file(str(local), loc.bucket, loc.child(local.name).key)
+        s3.upload_file(str(local), loc.bucket, loc.child(card.FORMAT_FILES[fmt]).key)
         # The card goes last: it is the commit marker.
-        s3.put_object(Bucket=loc.bucket, Key=loc.child(MODEL_CARD).key, Body=card.dumps(model_card))
-    return model_card
+        body = card.dumps(model_card)
+        s3.put_object(Bucket=loc.bucket, Key=loc.child(MODEL_CARD).key, Body=body)
+    return StoredCard(model_card, checksums.sha256_bytes(body))
 
 
 def delete_prefix(uri: str) -> int:

@@ -20,6 +20,7 @@ from kiln_contract import storage
 from kiln_operator import (
     conditions,
     deployments,
+    downloads,
     kube,
     models,
     operator_metrics,
@@ -55,6 +56,7 @@ class Controller:
         self.events: asyncio.Queue = asyncio.Queue(maxsize=10_000)
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task] = []
+        self.downloads: downloads.Downloads | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -62,6 +64,7 @@ class Controller:
         await asyncio.to_thread(kube.api)
         await asyncio.to_thread(storage.s3_client)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        self.downloads = downloads.Downloads(self.cfg.downloads, self.queue.add)
         self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.cfg.workers)]
         self.tasks.append(asyncio.create_task(self._resync()))
         self.tasks += [asyncio.create_task(self._post_events()) for _ in range(2)]
@@ -72,6 +75,8 @@ class Controller:
         await asyncio.gather(*self.tasks, *self.samplers.values(), return_exceptions=True)
         if self.session:
             await self.session.close()
+        if self.downloads:
+            await self.downloads.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.event_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -137,7 +142,10 @@ class Controller:
             return world and (world.tj, lambda: trainingjobs.reconcile(world, self.cfg))
         if kind == "Model":
             world = self.world.registry(ns, name)
-            return world and (world.model, lambda: models.reconcile(world, self.cfg))
+            if world is None:
+                return None
+            world.downloads = self.downloads.finished() if self.downloads else {}
+            return world.model, lambda: models.reconcile(world, self.cfg)
         world = self.world.serving(ns, name)
         if world is None:
             return None
@@ -225,6 +233,10 @@ class Controller:
             self.world.expect_job(job_ns, job_name)
         if result.storage_checked:
             self.world.storage_checked.add(result.storage_checked)
+        for uri, sha256 in result.downloaded:
+            self.downloads.release(uri, sha256)
+        for uri, sha256 in result.downloads:
+            self.downloads.want(key, uri, sha256)
         if kind == "Deployment":
             state = self.state((ns, name))
             if result.reset_canary:

@@ -67,6 +67,8 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, im
         {"name": "KILN_MODEL_NAME", "value": spec["model"]["name"]},
         {"name": "KILN_MODEL_VERSION", "value": str(version)},
         {"name": "KILN_EXPECTED_SHA256", "value": artifact["sha256"]},
+        # The card tells the server the feature names and order; a card edited in storage must not be trusted.
+        {"name": "KILN_EXPECTED_CARD_SHA256", "value": entry.get("cardSha256") or ""},
         {"name": "KILN_RUNTIME", "value": runtime},
         {"name": "KILN_ALLOW_UNSAFE_FORMATS", "value": "true" if runtime == "sklearn" else "false"},
         {"name": "KILN_PORT", "value": str(PORT)},

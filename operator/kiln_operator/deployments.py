@@ -48,7 +48,7 @@ def desired_children(dep: dict, plan: Plan, cfg: Settings, versions: dict[str, s
     out = [deployment_builder.build_service(dep)]
     for version, (track, replicas) in sorted(plan.servers.items()):
         out.append(deployment_builder.build_server(dep, plan.entries[version], track=track, replicas=replicas,
-                                                   image=plan.image, s3_secret=cfg.s3_secret))
+                                                   image=plan.image, s3_secret=cfg.s3_serving_secret))
     if plan.hpa_for is not None:
         name = deployment_builder.server_name(dep["metadata"]["name"], plan.hpa_for)
         out.append(deployment_builder.build_hpa(dep, name, versions["HorizontalPodAutoscaler"]))

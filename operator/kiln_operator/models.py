@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from kiln_contract import checksums, storage
 from kiln_contract import spec as specs
-from kiln_operator import artifacts, conditions, kube, operator_metrics, registry
-from kiln_operator.reconcile import Result, invalid_spec
+from kiln_operator import artifacts, conditions, kube, operator_metrics, registry, tenancy
+from kiln_operator.reconcile import Result, invalid_spec, refused
 from kiln_operator.settings import Settings
 from kiln_operator.world import ModelWorld
 
@@ -19,8 +19,17 @@ FINALIZER = "kiln.dev/delete-artifacts"
 
 
 def storage_of(model: dict, cfg: Settings) -> str:
-    """spec.storage, else the operator's default per namespace (same-named Models never collide)."""
-    return (model.get("spec") or {}).get("storage") or f"{cfg.storage.rstrip('/')}/{model['metadata']['namespace']}"
+    """spec.storage, else the operator's default per namespace (same-named Models never collide).
+
+    Raises tenancy.NotAllowed (field spec.storage) when spec.storage is outside what the Model's namespace
+    may use: everything the operator reads, writes or deletes for a Model lies under this prefix.
+    """
+    ns = model["metadata"]["namespace"]
+    default = f"{cfg.storage.rstrip('/')}/{ns}"
+    store = (model.get("spec") or {}).get("storage") or default
+    if store != default:
+        tenancy.within(store, tenancy.writable(ns, cfg.storage, cfg.storage_prefixes), "spec.storage")
+    return store
 
 
 def versions_in_use(model: str, users: list[dict]) -> set[int]:
@@ -81,13 +90,14 @@ def reserve(model: dict, store: str, run: str, training_job: str | None, users: 
     return version
 
 
-def commit_version(model: dict, version: int, card: dict, uri: str, users: list[dict], written: list[dict]) -> dict:
+def commit_version(model: dict, version: int, stored: artifacts.StoredCard, uri: str, users: list[dict],
+                   written: list[dict]) -> dict:
     """Register a finished version, promote it if the policy says so, settle; returns the version entry."""
 
     def change(status, obj):
         before = registry.find(status, version)
         fresh = before is None or before.get("state") not in registry.COMMITTED
-        status = registry.commit(status, version, card, uri, conditions.now())
+        status = registry.commit(status, version, stored.card, uri, conditions.now(), stored.sha256)
         status, promoted = registry.promote(obj.get("spec") or {}, status, version)
         status = settle(obj, status, users)
         entry = dict(registry.find(status, version))
@@ -117,12 +127,17 @@ def reconcile(world: ModelWorld, cfg: Settings) -> Result:
     except specs.SpecError as exc:
         out.status = invalid_spec("Model", model, exc)
         return out
-    store = storage_of(model, cfg)
+    try:
+        store = storage_of(model, cfg)
+        _check_sources(model, cfg)
+    except tenancy.NotAllowed as exc:
+        out.status = refused("Model", model, "StorageNotAllowed", exc)
+        return out
     if not world.storage_checked:
         adopt_storage(model, cfg, world.users, out)
     for i, entry in enumerate((model.get("spec") or {}).get("versions") or []):
         current = out.written[-1] if out.written else model
-        _external(current, i, entry, store, world.users, out)
+        _external(current, i, entry, store, world, out)
     current = out.written[-1] if out.written else model
     _write(current, lambda st, obj: (settle(obj, st, world.users), None), out.written)
     out.acted = bool(out.written)
@@ -148,7 +163,8 @@ def _rebuild(model: dict, store: str, users: list[dict], out: Result) -> None:
     found = artifacts.list_cards(store, name)
     if not found:
         return
-    rebuilt = registry.rebuild(model.get("spec") or {}, found, conditions.now())
+    rebuilt = registry.rebuild(model.get("spec") or {},
+                               {v: (uri, s.card, s.sha256) for v, (uri, s) in found.items()}, conditions.now())
 
     def adopt(current, obj):
         if current.get("versions"):
@@ -159,24 +175,47 @@ def _rebuild(model: dict, store: str, users: list[dict], out: Result) -> None:
         out.events.append(("Normal", "Rebuilt", f"rebuilt {len(found)} versions from {store}/{name}"))
 
 
-def _external(model: dict, index: int, entry: dict, store: str, users: list[dict], out: Result) -> None:
-    name = model["metadata"]["name"]
+def _check_sources(model: dict, cfg: Settings) -> None:
+    """Every s3:// bring-your-own artifact must be readable by the Model's namespace, before any is imported."""
+    readable = tenancy.readable(model["metadata"]["namespace"], cfg.storage, cfg.storage_prefixes, cfg.read_prefixes)
+    for i, entry in enumerate((model.get("spec") or {}).get("versions") or []):
+        if str(entry.get("uri", "")).startswith("s3:"):
+            tenancy.within(entry["uri"], readable, f"spec.versions[{i}].uri")
+
+
+def _external(model: dict, index: int, entry: dict, store: str, world: ModelWorld, out: Result) -> None:
+    """One bring-your-own entry: imported once; an https one only after kiln_operator.downloads fetched it."""
+    name, users = model["metadata"]["name"], world.users
     run = f"external/{entry['sha256'][:16]}-{checksums.sha256_bytes(entry['uri'].encode())[:8]}"
     existing = next((v for v in (model.get("status") or {}).get("versions", []) if v.get("run") == run), None)
     if existing and existing["state"] != "Pending":
         return
+    field = f"spec.versions[{index}]"
+    problem, downloaded = None, None
+    try:
+        artifacts.external_format(entry)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem is None and entry["uri"].startswith("https:"):
+        got = world.downloads.get((entry["uri"], entry["sha256"].lower()))
+        if got is None:  # not fetched yet: no version is reserved for a download that may never end
+            out.downloads.append((entry["uri"], entry["sha256"]))
+            return
+        out.downloaded.append((entry["uri"], entry["sha256"]))
+        problem, downloaded = got.error, got.path
     version = reserve(model, store, run, None, users, out.written)
     current = out.written[-1] if out.written else model
     prefix = storage.version_prefix(store, name, version)
-    field = f"spec.versions[{index}]"
     try:
-        card = artifacts.import_external(entry, prefix, name, version, conditions.now())
+        if problem:
+            raise ValueError(problem)
+        stored = artifacts.import_external(entry, prefix, name, version, conditions.now(), downloaded)
     except Exception as exc:  # noqa: BLE001 - any failure is reported on the Model, naming the entry
         reason = f"{field}: {exc}"
         fail_version(current, version, reason, users, out.written)
         out.events.append(("Warning", "ExternalVersionRejected", reason))
         return
-    entry_out = commit_version(current, version, card, prefix, users, out.written)
+    entry_out = commit_version(current, version, stored, prefix, users, out.written)
     out.events.append(("Normal", "Registered", f"external artifact {entry['uri']} registered as version {version}"
                        + (" and promoted to production" if entry_out.get("promoted") else "")))
 
@@ -195,10 +234,16 @@ def _finalize(model: dict, cfg: Settings, out: Result) -> bool:
     wanted = bool((model.get("spec") or {}).get("deleteArtifacts"))
     if meta.get("deletionTimestamp"):
         if FINALIZER in finalizers:
-            removed = delete_artifacts(model, cfg)
+            try:
+                removed = delete_artifacts(model, cfg)
+            except tenancy.NotAllowed as exc:
+                # Nothing outside the namespace's storage is deleted; the Model still goes.
+                out.events.append(("Warning", "StorageNotAllowed", f"artifacts not deleted: {exc}"))
+            else:
+                out.events.append(("Normal", "ArtifactsDeleted",
+                                   f"deleted {removed} artifact objects of {meta['name']}"))
             out.written.append(kube.set_finalizers(MODELS, meta["namespace"], meta["name"],
                                                    [f for f in finalizers if f != FINALIZER], meta["resourceVersion"]))
-            out.events.append(("Normal", "ArtifactsDeleted", f"deleted {removed} artifact objects of {meta['name']}"))
             out.acted = True
         return True
     if wanted != (FINALIZER in finalizers):

@@ -20,6 +20,8 @@ class Result:
     storage_checked: str | None = None  # a Model uid whose storage was listed
     conflicts: list[str] | None = None  # children that exist and are not ours (Kiln Deployments)
     reset_canary: bool = False  # a canary step began: its tally starts again
+    downloads: list[tuple[str, str]] = field(default_factory=list)  # (uri, sha256) to fetch off the workers
+    downloaded: list[tuple[str, str]] = field(default_factory=list)  # fetched files used up: free them
     acted: bool = False  # something was written to the cluster or to storage
 
 
@@ -38,11 +40,16 @@ def status_changes(current: dict | None, patch: dict | None) -> dict:
 
 def invalid_spec(kind: str, obj: dict, exc: specs.SpecError) -> dict:
     """The status of an object whose spec the schema refuses: the same condition shape for every kind."""
+    return refused(kind, obj, "InvalidSpec", exc)
+
+
+def refused(kind: str, obj: dict, reason: str, exc: Exception) -> dict:
+    """The status of an object whose spec cannot be acted on (reason: InvalidSpec, StorageNotAllowed, ...)."""
     status = obj.get("status") or {}
     generation = obj["metadata"].get("generation")
     condition = "Succeeded" if kind == "TrainingJob" else "Ready"
     patch = {"observedGeneration": generation,
-             "conditions": conditions.set_condition(status.get("conditions"), condition, False, "InvalidSpec",
+             "conditions": conditions.set_condition(status.get("conditions"), condition, False, reason,
                                                     str(exc), generation)}
     if kind == "TrainingJob":
         patch["phase"] = "Failed"

@@ -41,8 +41,8 @@ def _latest(status: dict) -> int | None:
     return max(done) if done else None
 
 
-def commit(status: dict, version: int, card: dict, uri: str, now: str) -> dict:
-    """Record a finished version from its model card (idempotent)."""
+def commit(status: dict, version: int, card: dict, uri: str, now: str, card_sha256: str = "") -> dict:
+    """Record a finished version from its model card (idempotent); card_sha256 pins the card for serving."""
     status = copy.deepcopy(status)
     entry = find(status, version)
     if entry is None:
@@ -57,6 +57,7 @@ def commit(status: dict, version: int, card: dict, uri: str, now: str) -> dict:
         "uri": uri,
         "formats": sorted({a["format"] for a in card["artifacts"]}),
         "sha256": primary.get("sha256", ""),
+        "cardSha256": card_sha256 or None,
         "artifact": primary.get("file", ""),
         "artifacts": {a["format"]: {"file": a["file"], "sha256": a["sha256"]} for a in card["artifacts"]},
         "metrics": card.get("metrics", {}),
@@ -143,12 +144,15 @@ def apply_retention(spec: dict, status: dict, in_use: set[int]) -> dict:
     return status
 
 
-def rebuild(spec: dict, cards_by_version: dict[int, tuple[str, dict]], now: str) -> dict:
-    """A Model status made from the model cards found in storage (the cluster was rebuilt from Git)."""
+def rebuild(spec: dict, cards_by_version: dict[int, tuple[str, dict, str]], now: str) -> dict:
+    """A Model status made from the model cards found in storage (the cluster was rebuilt from Git).
+
+    cards_by_version: {version: (prefix uri, card, sha256 of the card's bytes)}.
+    """
     status: dict = {"versions": []}
     for number in sorted(cards_by_version):
-        uri, card = cards_by_version[number]
-        status = commit(status, number, card, uri, card.get("created") or now)
+        uri, card, card_sha256 = cards_by_version[number]
+        status = commit(status, number, card, uri, card.get("created") or now, card_sha256)
         find(status, number)["source"] = "storage"
         status, _ = promote(spec, status, number)
     return status

@@ -77,7 +77,8 @@ async def _check_drift(state, spec: dict, status: dict, model: dict | None, now:
     state.drift_checked = now
     if serving not in state.cards:
         uri = _version_uri(model, serving)
-        state.cards[serving] = (await asyncio.to_thread(artifacts.read_card, uri) if uri else None) or {}
+        stored = await asyncio.to_thread(artifacts.read_card, uri) if uri else None
+        state.cards[serving] = stored.card if stored else {}
     distributions = (state.cards[serving].get("features") or {}).get("distributions") or {}
     drifted, scores = drift.assess(distributions, state.live_inputs(serving), cfg.get("threshold", 0.2),
                                    cfg.get("minSamples", 100))

@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from kiln_operator import tenancy
+
 
 def _list(name: str, default: str) -> list[str]:
     return [x.strip() for x in os.environ.get(name, default).split(",") if x.strip()]
+
+
+DEFAULT_NODE_SELECTOR_KEYS = ",".join([
+    "kubernetes.io/arch", "kubernetes.io/os", "node.kubernetes.io/instance-type", "topology.kubernetes.io/*",
+    "nvidia.com/*", "cloud.google.com/gke-accelerator", "kiln.dev/*"])
 
 
 @dataclass(frozen=True)
@@ -18,11 +25,26 @@ class Settings:
     allowed_images: list[str] = field(default_factory=lambda: _list("KILN_ALLOWED_IMAGES", "kiln/"))
     storage: str = field(default_factory=lambda: os.environ.get(
         "KILN_DEFAULT_STORAGE", f"s3://{os.environ.get('KILN_BUCKET', 'kiln')}/models"))
+    # Extra S3 prefixes per namespace ("*": all; "{namespace}" substituted): read-write for Model storage,
+    # read-only for datasets and bring-your-own artifacts. See kiln_operator.tenancy.
+    storage_prefixes: dict = field(default_factory=lambda: tenancy.env_prefix_map("KILN_STORAGE_PREFIXES"))
+    read_prefixes: dict = field(default_factory=lambda: tenancy.env_prefix_map("KILN_READ_PREFIXES"))
+    # Keys a TrainingJob's tolerations and nodeSelector may use (exact, "prefix*", or "*"); none that
+    # target control-plane nodes by default.
+    allowed_toleration_keys: list[str] = field(default_factory=lambda: _list(
+        "KILN_ALLOWED_TOLERATION_KEYS", "nvidia.com/gpu,kiln.dev/*"))
+    allowed_node_selector_keys: list[str] = field(default_factory=lambda: _list(
+        "KILN_ALLOWED_NODE_SELECTOR_KEYS", DEFAULT_NODE_SELECTOR_KEYS))
     s3_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_SECRET", "kiln-s3"))
+    # Serving pods only read artifacts: a Secret with read-only credentials where the store has them.
+    s3_serving_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_SERVING_SECRET")
+                                   or os.environ.get("KILN_S3_SECRET", "kiln-s3"))
     # Where the operator serves /metrics and the activator's POST /wake/<ns>/<name>: host:port, or "" for none.
     listen: str = field(default_factory=lambda: os.environ.get("KILN_OPERATOR_LISTEN", "0.0.0.0:8082"))
     # Reconcile worker threads (API calls block; the event loop never does).
     workers: int = field(default_factory=lambda: int(os.environ.get("KILN_WORKERS", "32")))
+    # Bring-your-own https artifacts fetched at once (on the event loop; each capped in size and time).
+    downloads: int = field(default_factory=lambda: int(os.environ.get("KILN_DOWNLOADS", "4")))
     # The safety resync: every object is queued again this often (it reads caches only).
     resync_seconds: float = field(default_factory=lambda: float(os.environ.get("KILN_RESYNC_SECONDS", "300")))
     watch_server_timeout: int = field(default_factory=lambda: int(os.environ.get("KILN_WATCH_TIMEOUT", "300")))

@@ -22,6 +22,7 @@ from kiln_operator import (
     labels,
     models,
     operator_metrics,
+    tenancy,
     trainingjob_builder,
 )
 from kiln_operator.reconcile import Result, invalid_spec
@@ -98,6 +99,25 @@ def reconcile(world: TrainingWorld, cfg: Settings, now: dt.datetime | None = Non
     return start(world, spec, status, cfg, *due)
 
 
+def _check_tenancy(spec: dict, model: dict, cfg: Settings) -> None:
+    """What the run would touch, against what its namespace may use: scheduling keys, the dataset, the storage."""
+    ns = model["metadata"]["namespace"]
+    tenancy.check_scheduling(spec, cfg.allowed_toleration_keys, cfg.allowed_node_selector_keys)
+    uri = str((spec.get("dataset") or {}).get("uri", ""))
+    if uri.startswith("s3:"):
+        tenancy.within(uri, tenancy.readable(ns, cfg.storage, cfg.storage_prefixes, cfg.read_prefixes),
+                       "spec.dataset.uri")
+    try:
+        models.storage_of(model, cfg)
+    except tenancy.NotAllowed as exc:
+        raise tenancy.NotAllowed(f"Model {model['metadata']['name']} {exc.field}", exc.message) from exc
+
+
+def _not_allowed_reason(exc: tenancy.NotAllowed) -> str:
+    return "SchedulingNotAllowed" if exc.field.startswith(("spec.tolerations", "spec.nodeSelector")) \
+        else "StorageNotAllowed"
+
+
 def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: str, tick: str | None) -> Result:
     tj, model = world.tj, world.model
     meta = tj["metadata"]
@@ -110,10 +130,12 @@ def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: st
                                                        generation)})
     try:
         image = images.choose(spec.get("image"), cfg.trainer_image, cfg.allowed_images, "spec.image")
-    except images.ImageNotAllowed as exc:
+        _check_tenancy(spec, model, cfg)
+    except (images.ImageNotAllowed, tenancy.NotAllowed) as exc:
+        reason = "ImageNotAllowed" if isinstance(exc, images.ImageNotAllowed) else _not_allowed_reason(exc)
         return Result(status={"phase": "Failed", "run": run, "observedGeneration": generation,
-                              "conditions": _condition(status, False, "ImageNotAllowed", str(exc), generation)},
-                      events=[("Warning", "ImageNotAllowed", str(exc))])
+                              "conditions": _condition(status, False, reason, str(exc), generation)},
+                      events=[("Warning", reason, str(exc))])
 
     out = Result(acted=True)
     if not world.storage_checked:
@@ -171,18 +193,19 @@ def follow(world: TrainingWorld, spec: dict, status: dict) -> Result:
         patch["phase"] = out_job.phase
         return Result(status=_with_run(status, patch), events=events)
     if out_job.phase == "Succeeded":
-        card = artifacts.read_card(prefix)
-        if card is not None:
-            return _succeeded(world, spec, status, patch, card, out_job, version, prefix)
+        stored = artifacts.read_card(prefix)
+        if stored is not None:
+            return _succeeded(world, spec, status, patch, stored, out_job, version, prefix)
         out_job = job_outcome.Outcome("Failed", "NoModelCard",
                                       f"the trainer exited 0 but {prefix}/modelcard.json is missing")
     return _failed(world, spec, status, patch, out_job, version, job_name)
 
 
-def _succeeded(world, spec, status, patch, card, out_job, version, prefix) -> Result:
+def _succeeded(world, spec, status, patch, stored, out_job, version, prefix) -> Result:
     generation = world.tj["metadata"]["generation"]
+    card = stored.card
     out = Result(acted=True)
-    entry = models.commit_version(world.model, version, card, prefix, world.model_users, out.written)
+    entry = models.commit_version(world.model, version, stored, prefix, world.model_users, out.written)
     model = out.written[-1] if out.written else world.model
     metric_name = main_metric_name(model, card)
     value = card["metrics"].get(metric_name)

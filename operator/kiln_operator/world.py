@@ -49,6 +49,7 @@ class ModelWorld:
     model: dict
     users: list[dict]
     storage_checked: bool
+    downloads: dict = field(default_factory=dict)  # (uri, sha256) -> finished downloads.Download
 
 
 @dataclass

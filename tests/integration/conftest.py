@@ -68,9 +68,7 @@ def namespace(core):
 @pytest.fixture
 def kiln_ns(namespace, core):
     """A namespace ready for Kiln workloads: it holds the S3 credentials Secret the operator hands to pods."""
-    src = core.read_namespaced_secret("kiln-s3", "default")
-    from kubernetes import client
+    from kiln_local.cluster import copy_s3_secrets
 
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="kiln-s3"), data=src.data, type=src.type))
+    copy_s3_secrets(core, namespace)
     return namespace

@@ -117,7 +117,7 @@ def test_worse_run_rejected_gate_and_pin(custom, kiln_ns):
 def test_unreachable_dataset_fails_after_retries_with_the_trainers_message(custom, kiln_ns, s3_env):
     create(custom, kiln_ns, "models", "Model", "iris", {})
     spec = tj_spec(retries=1)
-    spec["dataset"] = {"uri": f"s3://{s3_env['KILN_BUCKET']}/no/such/data.csv", "target": "y"}
+    spec["dataset"] = {"uri": f"s3://{s3_env['KILN_BUCKET']}/datasets/{kiln_ns}/no/such/data.csv", "target": "y"}
     create(custom, kiln_ns, "trainingjobs", "TrainingJob", "nodata", spec)
     status = finished(custom, kiln_ns, "nodata")
     assert status["phase"] == "Failed"

@@ -103,8 +103,10 @@ def test_retention_archives_old_versions_but_not_used_ones():
 
 
 def test_rebuild_from_cards_replays_promotion():
-    found = {1: ("s3://b/iris/v1", card(0.9)), 2: ("s3://b/iris/v2", card(0.8)), 4: ("s3://b/iris/v4", card(0.97))}
+    found = {1: ("s3://b/iris/v1", card(0.9), "a" * 64), 2: ("s3://b/iris/v2", card(0.8), "b" * 64),
+             4: ("s3://b/iris/v4", card(0.97), "c" * 64)}
     status = registry.rebuild(AUTO, found, "t")
+    assert [v["cardSha256"] for v in status["versions"]] == ["a" * 64, "b" * 64, "c" * 64]
     assert [v["version"] for v in status["versions"]] == [1, 2, 4]
     assert status["latestVersion"] == 4 and status["autoAliases"]["production"] == 4
     _, v = registry.reserve(status, "new", "iris", "t")

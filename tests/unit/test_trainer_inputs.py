@@ -11,7 +11,7 @@ import pytest
 
 from kiln_contract.checksums import sha256_bytes, sha256_file
 from kiln_trainer import algorithms, cleaning, datasets, evaluation, search, specfile, training
-from kiln_trainer.errors import BadInput, DataUnavailable
+from kiln_trainer.errors import BadInput, DataUnavailable, TrainerError
 
 BARE = {"model": "iris", "dataset": {"uri": "builtin:iris"}, "algorithm": {"name": "decision_tree"}}
 
@@ -282,63 +282,99 @@ def test_cpu_count_from_resources():
     assert algorithms.cpu_count({"cpu": "4"}) == 4
 
 
-# ---- https (requests stubbed: no network here) ------------------------------------------------
+# ---- https (the shared fetcher stubbed: no network here; real servers in test_fetch.py) ----------
 
-class _Response:
-    def __init__(self, status, content=b"", headers=None):
-        self.status_code = status
-        self.content = content
-        self.headers = headers or {}
+class _Fetcher:
+    """Stands in for kiln_contract.fetch.fetch_bytes_sync: each call takes the next reply."""
+
+    def __init__(self, *replies):
+        self.replies, self.calls = list(replies), []
+
+    def __call__(self, url, **options):
+        from kiln_contract.fetch import Fetched
+
+        self.calls.append((url, options))
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return Fetched(url, sha256_bytes(reply), len(reply), data=reply)
+
+
+def _failure(url, why, **kw):
+    from kiln_contract.fetch import FetchError
+
+    return FetchError(url, why, **kw)
 
 
 @pytest.fixture
-def public_dns(monkeypatch):
-    """data.example resolves to a public documentation address (no DNS here)."""
-    import socket
+def fetcher(monkeypatch):
+    from kiln_contract import fetch
 
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [(2, 1, 6, "", ("93.184.216.34", port))])
+    def install(*replies):
+        fake = _Fetcher(*replies)
+        monkeypatch.setattr(fetch, "fetch_bytes_sync", fake)
+        return fake
 
-
-def test_https_dataset_is_fetched_with_a_timeout_and_retried_on_5xx(monkeypatch, public_dns):
-    import requests
-
-    calls = []
-    replies = [_Response(503), _Response(200, b"a,b\n1,x\n2,y\n")]
-
-    def fake_get(url, timeout, allow_redirects=True):
-        assert allow_redirects is False
-        calls.append((url, timeout))
-        return replies.pop(0)
-
-    monkeypatch.setattr(requests, "get", fake_get)
     monkeypatch.setattr(datasets.time, "sleep", lambda s: None)
-    ds = datasets.load({"uri": "https://data.example/t.csv"})
+    return install
+
+
+def test_https_dataset_is_fetched_with_timeouts_and_a_cap_and_retried_on_5xx(fetcher):
+    url = "https://data.example/t.csv"
+    fake = fetcher(_failure(url, "HTTP 503", reason="status", status=503, retryable=True), b"a,b\n1,x\n2,y\n")
+    ds = datasets.load({"uri": url})
     assert ds.rows == 2 and ds.sha256 == sha256_bytes(b"a,b\n1,x\n2,y\n")
-    assert len(calls) == 2 and calls[0][1] == datasets.HTTP_TIMEOUT
+    assert len(fake.calls) == 2
+    options = fake.calls[0][1]
+    assert (options["connect_timeout"], options["read_timeout"]) == datasets.HTTP_TIMEOUT
+    assert options["max_bytes"] == datasets.DATASET_MAX_BYTES
 
 
-def test_https_404_is_data_unavailable_without_retry(monkeypatch, public_dns):
-    import requests
+def test_https_connection_failures_are_retried_then_reported_generically(fetcher):
+    url = "https://data.example/t.csv"
+    failed = _failure(url, "connection failed", reason="connect", detail="ConnectionRefusedError", retryable=True)
+    fake = fetcher(failed, failed, failed)
+    with pytest.raises(DataUnavailable, match="connection failed$") as err:
+        datasets.load({"uri": url})
+    assert len(fake.calls) == datasets.HTTP_ATTEMPTS and "Refused" not in str(err.value)
 
-    calls = []
-    monkeypatch.setattr(requests, "get", lambda url, timeout, **kw: calls.append(url) or _Response(404))
+
+def test_https_404_is_data_unavailable_without_retry(fetcher):
+    url = "https://data.example/missing.parquet"
+    fake = fetcher(_failure(url, "HTTP 404", reason="status", status=404))
     with pytest.raises(DataUnavailable, match="HTTP 404"):
-        datasets.load({"uri": "https://data.example/missing.parquet"})
-    assert len(calls) == 1
+        datasets.load({"uri": url})
+    assert len(fake.calls) == 1
 
 
-def test_https_redirects_are_not_followed(monkeypatch, public_dns):
-    import requests
-
-    redirect = _Response(302, headers={"Location": "https://169.254.169.254/latest/meta-data/"})
-    monkeypatch.setattr(requests, "get", lambda url, timeout, **kw: redirect)
+def test_https_redirects_are_not_followed(fetcher):
+    url = "https://data.example/t.csv"
+    fake = fetcher(_failure(url, "HTTP 302 redirect to https://169.254.169.254/ (redirects are not followed)",
+                            reason="redirect", status=302))
     with pytest.raises(DataUnavailable, match="redirects are not followed"):
+        datasets.load({"uri": url})
+    assert len(fake.calls) == 1
+
+
+def test_https_dataset_cap_comes_from_the_environment(monkeypatch, fetcher):
+    fake = fetcher(b"a\n1\n")
+    monkeypatch.setenv("KILN_DATASET_MAX_BYTES", "4096")
+    datasets.load({"uri": "https://data.example/t.csv"})
+    assert fake.calls[0][1]["max_bytes"] == 4096
+    monkeypatch.setenv("KILN_DATASET_MAX_BYTES", "lots")
+    with pytest.raises(TrainerError, match="KILN_DATASET_MAX_BYTES"):
         datasets.load({"uri": "https://data.example/t.csv"})
 
 
 def test_https_to_the_metadata_service_is_refused():
     with pytest.raises(DataUnavailable, match="metadata"):
         datasets.load({"uri": "https://169.254.169.254/latest/meta-data/iam.csv"})
+
+
+def test_https_the_backslash_at_trick_is_refused():
+    # urllib.parse read the host as 1.1.1.1, requests as 127.0.0.1: one parser now reads both.
+    with pytest.raises(DataUnavailable, match="backslash"):
+        datasets.load({"uri": "https://127.0.0.1:443\\@1.1.1.1/data.csv"})
 
 
 def test_operator_source_env_is_recorded(monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from kiln_contract.checksums import sha256_bytes
-from kiln_trainer.errors import BadInput, DataUnavailable
+from kiln_trainer.errors import BadInput, DataUnavailable, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ BUILTIN = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 BUILTIN_TARGET = "target"
 HTTP_TIMEOUT = (5, 60)  # connect, read (seconds)
 HTTP_ATTEMPTS = 3
+# The body is held in memory and then parsed, so the cap stays well under a trainer's memory.
+DATASET_MAX_BYTES = 1 << 30
 
 
 @dataclass
@@ -107,34 +110,36 @@ def _read_s3(uri: str) -> bytes:
         raise DataUnavailable(f"cannot reach S3 for dataset {uri}: {exc}") from exc
 
 
+def dataset_max_bytes() -> int:
+    """The largest https:// dataset read: KILN_DATASET_MAX_BYTES, else DATASET_MAX_BYTES."""
+    raw = os.environ.get("KILN_DATASET_MAX_BYTES")
+    if not raw:
+        return DATASET_MAX_BYTES
+    if not raw.isdigit() or int(raw) <= 0:
+        raise TrainerError(f"KILN_DATASET_MAX_BYTES={raw!r} is not a positive number of bytes")
+    return int(raw)
+
+
 def _read_https(uri: str) -> bytes:
-    import requests
+    from kiln_contract import fetch
 
-    from kiln_contract.netguard import UnsafeURL, check_url
-
-    try:
-        check_url(uri)
-    except UnsafeURL as exc:
-        raise DataUnavailable(f"cannot fetch dataset {exc}") from exc
-    last = None
+    last: fetch.FetchError | None = None
     for attempt in range(HTTP_ATTEMPTS):
         try:
-            # No redirects: a redirect could lead to an address check_url refuses.
-            resp = requests.get(uri, timeout=HTTP_TIMEOUT, allow_redirects=False)
-        except requests.RequestException as exc:
-            last = f"{type(exc).__name__}"
-        else:
-            if resp.status_code == 200:
-                return resp.content
-            last = f"HTTP {resp.status_code}"
-            if 300 <= resp.status_code < 400:
-                last += f" redirect to {resp.headers.get('Location', '?')} (redirects are not followed)"
+            # The shared fetcher: guard, pinned address, size cap, overall deadline, no redirects.
+            return fetch.fetch_bytes_sync(uri, max_bytes=dataset_max_bytes(), connect_timeout=HTTP_TIMEOUT[0],
+                                          read_timeout=HTTP_TIMEOUT[1]).data
+        except fetch.UnsafeURL as exc:
+            raise DataUnavailable(f"cannot fetch dataset {exc}") from exc
+        except fetch.FetchError as exc:
+            # exc.detail is not logged: the trainer's log is the user's to read, and the cause of a
+            # failed connection would tell them which ports answer.
+            last = exc
+            if not exc.retryable:
                 break
-            if resp.status_code < 500 and resp.status_code != 429:
-                break  # 4xx: asking again will not help
         if attempt + 1 < HTTP_ATTEMPTS:
             time.sleep(0.5 * 2**attempt)
-    raise DataUnavailable(f"cannot fetch dataset {uri}: {last}")
+    raise DataUnavailable(f"cannot fetch dataset {uri}: {last.why}")
 
 
 def read_bytes(uri: str) -> bytes:

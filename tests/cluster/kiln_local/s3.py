@@ -17,6 +17,13 @@ BUCKET = "kiln"
 NAME = "seaweedfs"
 
 
+def reader_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a read-only client: the reader's keys in place of the writer's."""
+    out = {k: v for k, v in env.items() if k not in READER_KEYS}
+    out.update({"AWS_ACCESS_KEY_ID": env[READER_KEYS[0]], "AWS_SECRET_ACCESS_KEY": env[READER_KEYS[1]]})
+    return out
+
+
 def read_env() -> dict[str, str]:
     if not S3_ENV.exists():
         return {}
@@ -24,9 +31,16 @@ def read_env() -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
+READER_KEYS = ("KILN_S3_READER_ACCESS_KEY_ID", "KILN_S3_READER_SECRET_ACCESS_KEY")
+
+
 def _credentials() -> dict[str, str]:
     env = read_env()
-    if env:
+    if env and all(k in env for k in READER_KEYS):
+        return env
+    if env:  # made before serving pods had read-only credentials: add them, keep the rest
+        env.update({READER_KEYS[0]: "kiln-reader", READER_KEYS[1]: secrets.token_hex(16)})
+        S3_ENV.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         return env
     env = {
         "KILN_S3_ENDPOINT": f"http://{HOST}:{S3_PORT}",
@@ -34,6 +48,9 @@ def _credentials() -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
         "AWS_REGION": "us-east-1",
         "KILN_BUCKET": BUCKET,
+        # Serving pods' credentials: read and list only (the Secret kiln-s3-read).
+        READER_KEYS[0]: "kiln-reader",
+        READER_KEYS[1]: secrets.token_hex(16),
     }
     STATE.mkdir(parents=True, exist_ok=True)
     S3_ENV.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -57,6 +74,10 @@ def up(timeout: float = 60) -> dict[str, str]:
         "name": "kiln",
         "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }, {
+        "name": "kiln-reader",
+        "credentials": [{"accessKey": env[READER_KEYS[0]], "secretKey": env[READER_KEYS[1]]}],
+        "actions": ["Read", "List"],
     }]}))
     procs.start(NAME, [
         venv_bin("weed"), "server", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
