@@ -12,10 +12,14 @@ so that the cluster's own kiln-gateway is neither disturbed nor shared.
   gateway  wrk → http://<gateway>/<namespace>/iris/v2/models/iris/infer   → the same pod
 
 Load: Debian's wrk (one thread, closed loop, concurrency 8, a Lua script POSTing one iris row as Open Inference
-Protocol V2 JSON, FP32); every response must be 2xx or the run is void. Interleaved rounds (direct, gateway,
-direct, gateway, ...) after a warm-up of each, medians over the rounds. With two or more CPUs the serving pod
-(all its threads) is pinned to CPU 0, wrk and the gateway to CPU 1: the pod has one core to itself on both
-paths, and what the gateway costs shows as what it takes from wrk's core and what it adds to the latency.
+Protocol V2 JSON, FP32, with `Authorization: Bearer <token>` of the local cluster's kiln-tester ServiceAccount on
+both paths, so both carry the same bytes); every response must be 2xx or the run is void. The gateway checks
+tokens as in production (KILN_GATEWAY_AUTH=kubernetes): the warm-up fills its cache, so what is measured is the
+cached check every request pays, not the one-off TokenReview and SubjectAccessReview. Interleaved rounds
+(direct, gateway, direct, gateway, ...) after a warm-up of each, medians over the rounds. With two or more CPUs
+the serving pod (all its threads) is pinned to CPU 0, wrk and the gateway to CPU 1: the pod has one core to
+itself on both paths, and what the gateway costs shows as what it takes from wrk's core and what it adds to the
+latency.
 
 Reported: throughput ratio gateway/direct and p99 added (gateway p99 − direct p99, ms), against the targets of
 issue #10 (ratio ≥ 0.6, p99 added ≤ 3 ms). Writes bench/results/gateway.json and prints a table. Bounded: about
@@ -51,6 +55,10 @@ CONCURRENCY = 8
 ROW = [6.1, 2.8, 4.7, 1.2]
 TARGET_RATIO = 0.6
 TARGET_P99_ADDED_MS = 3.0
+TOKEN_ENV = "KILN_BENCH_TOKEN"
+# The token goes to wrk through its environment, not as `-H` on its command line, which every local user can read
+# in /proc/<pid>/cmdline.
+AUTH_LUA = LUA + f'\nwrk.headers["Authorization"] = "Bearer " .. assert(os.getenv("{TOKEN_ENV}"))\n'
 
 
 def wait(check, timeout: float, what: str):
@@ -96,7 +104,8 @@ def pin_pod(ns: str, pod: str, cpu: int) -> str:
 
 
 def post(url: str, body: bytes) -> dict:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {os.environ[TOKEN_ENV]}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -106,7 +115,7 @@ def start_gateway(work: Path) -> tuple[Proc, str]:
     proc = Proc("gateway", pinned([sys.executable, "-m", "kiln_operator.gateway"], 1), work / "gateway.log", env={
         "KUBECONFIG": str(KUBECONFIG), "KILN_GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "KILN_GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}", "KILN_GATEWAY_DRAIN_SECONDS": "0",
-        "KILN_LOG_FORMAT": "plain"}, cwd=REPO)
+        "KILN_GATEWAY_AUTH": "kubernetes", "KILN_LOG_FORMAT": "plain"}, cwd=REPO)
 
     def ready():
         if proc.proc.poll() is not None:
@@ -158,6 +167,7 @@ def table(results: dict) -> str:
 def run(seconds: float, rounds: int, warmup: float) -> dict:
     wrk = ensure_wrk()
     local.up()
+    os.environ[TOKEN_ENV] = local.tester_token()  # wrk_run hands wrk this process's environment
     config.load_kube_config(str(KUBECONFIG))
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
     ns = f"bench-gw-{uuid.uuid4().hex[:6]}"
@@ -165,9 +175,7 @@ def run(seconds: float, rounds: int, warmup: float) -> dict:
     gateway = None
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     try:
-        src = core.read_namespaced_secret("kiln-s3", "default")
-        core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="kiln-s3"),
-                                                          data=src.data))
+        local.copy_s3_secrets(core, ns)  # training's and serving's, as the tests' namespaces get them
         wait(lambda: any(sa.metadata.name == "default" and sa.secrets
                          for sa in core.list_namespaced_service_account(ns).items), 60, "the service account")
         t0 = time.monotonic()
@@ -185,7 +193,7 @@ def run(seconds: float, rounds: int, warmup: float) -> dict:
         body.write_bytes(json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                                  "data": [ROW]}]}).encode())
         lua = work / "post.lua"
-        lua.write_text(LUA)
+        lua.write_text(AUTH_LUA)
         answers = {name: post(url, body.read_bytes()) for name, url in urls.items()}
         if answers["direct"] != answers["gateway"]:
             raise RuntimeError(f"the paths answer differently: {answers}")
@@ -204,7 +212,8 @@ def run(seconds: float, rounds: int, warmup: float) -> dict:
         "load": f"wrk -t1 -c{CONCURRENCY}, closed loop, {rounds} interleaved rounds of {seconds:g} s (medians) "
                 f"after {warmup:g} s warm-up of each path",
         "baseline": "direct: straight to the serving pod's IP, port 8080",
-        "gateway": "python -m kiln_operator.gateway from the working tree (one process, uvloop)",
+        "gateway": "python -m kiln_operator.gateway from the working tree (one process, uvloop), "
+                   "KILN_GATEWAY_AUTH=kubernetes (the caller's check cached after the warm-up)",
         "pinning": pinning, "cpus": os.cpu_count(), "machine": platform.machine(),
         "python": platform.python_version(), "train_and_serve_s": round(setup_s, 1)}}
     results["verdict"] = verdict(results)

@@ -89,11 +89,21 @@ def chart_pids(core) -> list[int]:
 
 def served_by_this_cluster(manifest: str) -> str:
     """What `helm install` renders against this cluster: Kubernetes 1.20 serves PodDisruptionBudget only as
-    policy/v1beta1, which the chart picks by .Capabilities; an offline render cannot know it and says policy/v1."""
-    if "policy/v1" not in kubectl("api-versions").stdout.split():
-        return manifest.replace("apiVersion: policy/v1\nkind: PodDisruptionBudget",
-                                "apiVersion: policy/v1beta1\nkind: PodDisruptionBudget")
+    policy/v1beta1, which the chart picks by .Capabilities; an offline render cannot know it and says policy/v1.
+    Nor does 1.20 have ValidatingAdmissionPolicy, which the chart renders only for 1.30 and later."""
+    served = kubectl("api-versions").stdout.split()
+    if "policy/v1" not in served:
+        manifest = manifest.replace("apiVersion: policy/v1\nkind: PodDisruptionBudget",
+                                    "apiVersion: policy/v1beta1\nkind: PodDisruptionBudget")
+    if "admissionregistration.k8s.io/v1" not in served or not _has_admission_policies():
+        manifest = "---\n".join(doc for doc in manifest.split("---\n")
+                                 if "kind: ValidatingAdmissionPolicy" not in doc)
     return manifest
+
+
+def _has_admission_policies() -> bool:
+    return "validatingadmissionpolicies" in kubectl("api-resources", "--api-group=admissionregistration.k8s.io",
+                                                    "-o", "name").stdout
 
 
 def alive(pid: int) -> bool:

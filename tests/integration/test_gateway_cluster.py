@@ -3,6 +3,8 @@
 Unknown Deployments answered 404 at once; waiting capped per Deployment; a client that goes away frees its
 waiter; a trained and served iris answered through it; a Deployment scaled to zero woken by its first request;
 and predictions that never notice the operator being restarted, because the gateway does not depend on it.
+Requests carry the kiln-tester's token (kiln_local.cluster.tester_token): the gateway checks tokens here as in
+production; test_gateway_auth.py tests who gets in.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from kube_helpers import wait_until
 from kubernetes import client
 
 from kiln_local import cluster as local
-from kiln_local.gateway_client import Load, infer
+from kiln_local.gateway_client import Load, auth_headers, infer
 
 pytestmark = pytest.mark.integration
 
@@ -49,20 +51,23 @@ def metric(name: str, missing: float | None = None) -> float:
     raise AssertionError(f"{name} is not exported")
 
 
-def request(method: str, path: str, body: bytes = b"", timeout: float = 10) -> tuple[int, dict, dict]:
+def request(method: str, path: str, body: bytes = b"", timeout: float = 10,
+            token: str | None = None) -> tuple[int, dict, dict]:
+    """One request through the gateway with token (None: the kiln-tester's; "": none)."""
     conn = http.client.HTTPConnection(*address(), timeout=timeout)
     try:
-        conn.request(method, path, body, {"Content-Type": "application/json"})
+        conn.request(method, path, body, {"Content-Type": "application/json", **auth_headers(token)})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), json.loads(resp.read() or b"{}")
     finally:
         conn.close()
 
 
-def held(path: str) -> socket.socket:
+def held(path: str, token: str | None = None) -> socket.socket:
     """A request sent and left waiting for its answer; closing the socket is the client going away."""
     sock = socket.create_connection(address(), timeout=10)
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+    auth = "".join(f"{k}: {v}\r\n" for k, v in auth_headers(token).items())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n{auth}\r\n".encode())
     return sock
 
 
@@ -113,8 +118,13 @@ def test_a_deployment_that_does_not_exist_is_404_at_once(gateway, namespace):
     assert status == 404 and "nothing-here" in body["error"], body
     assert headers["Content-Type"].startswith("application/json")
     assert time.monotonic() - t0 < 5
-    status, _, body = request("GET", "/Not_A_Namespace/x/y")
-    assert status == 404 and "<namespace>/<deployment>" in body["error"]
+    # the caller is checked first: without a token nothing is said about what exists
+    status, headers, body = request("POST", f"/{namespace}/nothing-here/v2/models/x/infer", b"{}", token="")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), body
+    for path in ("/Not_A_Namespace/x/y", "/a%2Fb/iris/v2/models/iris", f"/{namespace}%2Fx/iris/v2"):
+        for token in (None, ""):  # refused before any check: names the API server could never hold
+            status, _, body = request("GET", path, token=token)
+            assert status == 404 and "<namespace>/<deployment>" in body["error"], (path, body)
 
 
 def test_waiting_is_capped_and_clients_that_go_away_free_their_waiters(gateway, custom, namespace):

@@ -73,11 +73,16 @@ def test_lint_reports_a_broken_template(tmp_path):
 def test_defaults_render_the_operator_the_gateway_their_rbac_and_services():
     objs = rendered()
     kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objs)
-    assert kinds == ["ClusterRole/kiln-gateway", "ClusterRole/kiln-operator", "ClusterRole/kiln-operator-cluster",
-                     "ClusterRoleBinding/kiln-gateway", "ClusterRoleBinding/kiln-operator",
+    assert kinds == ["ClusterRole/kiln-gateway", "ClusterRole/kiln-gateway-auth", "ClusterRole/kiln-operator",
+                     "ClusterRole/kiln-operator-cluster", "ClusterRole/kiln-predictor",
+                     "ClusterRoleBinding/kiln-gateway", "ClusterRoleBinding/kiln-gateway-auth",
+                     "ClusterRoleBinding/kiln-operator",
                      "ClusterRoleBinding/kiln-operator-cluster", "Deployment/kiln-gateway", "Deployment/kiln-operator",
+                     "NetworkPolicy/kiln-gateway", "NetworkPolicy/kiln-operator",
                      "PodDisruptionBudget/kiln-gateway", "Service/kiln-gateway", "Service/kiln-operator",
-                     "ServiceAccount/kiln-gateway", "ServiceAccount/kiln-operator"]
+                     "ServiceAccount/kiln-gateway", "ServiceAccount/kiln-operator",
+                     "ValidatingAdmissionPolicy/kiln-operator-protected-namespaces",
+                     "ValidatingAdmissionPolicyBinding/kiln-operator-protected-namespaces"]
     assert all(o["metadata"].get("namespace") in (None, "kiln-system") for o in objs)
     dep = one(objs, "Deployment", "kiln-operator")
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
@@ -98,6 +103,15 @@ def test_defaults_render_the_operator_the_gateway_their_rbac_and_services():
         "KILN_ALLOWED_IMAGES": "kiln/", "KILN_S3_SECRET": "kiln-s3", "KILN_BUCKET": "kiln",
         "AWS_REGION": "us-east-1", "KILN_WATCH_TIMEOUT": "300"}
     assert "KILN_S3_ENDPOINT" not in env and "envFrom" not in c  # AWS S3 with ServiceAccount credentials
+    # Tenancy: each namespace its own prefixes; nothing that schedules onto control-plane nodes. The operator
+    # reads these with the same code that enforces them.
+    from kiln_operator import settings as operator_settings
+    from kiln_operator import tenancy
+    assert env["KILN_S3_SERVING_SECRET"] == "kiln-s3"
+    assert tenancy.parse_prefix_map(env["KILN_STORAGE_PREFIXES"], "x") == {}
+    assert tenancy.parse_prefix_map(env["KILN_READ_PREFIXES"], "x") == {"*": ["s3://kiln/datasets/{namespace}"]}
+    assert env["KILN_ALLOWED_TOLERATION_KEYS"] == "nvidia.com/gpu,kiln.dev/*"
+    assert env["KILN_ALLOWED_NODE_SELECTOR_KEYS"] == operator_settings.DEFAULT_NODE_SELECTOR_KEYS
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "http": 8082}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
@@ -122,6 +136,7 @@ def test_the_gateway_is_its_own_deployment_of_the_operator_image():
     assert c["command"] == ["python", "-m", "kiln_operator.gateway"] and "args" not in c
     assert c["env"][0]["name"] == "POD_IP"
     env = env_of(c)
+    assert env["KILN_GATEWAY_AUTH"] == "kubernetes"  # every prediction carries a token unless turned off
     assert env["KILN_GATEWAY_LISTEN"] == "$(POD_IP):8081" and env["KILN_GATEWAY_ADMIN_LISTEN"] == "$(POD_IP):8080"
     assert env["KILN_WAKE_URL"] == "http://kiln-operator.kiln-system.svc:8082" and env["KILN_WATCH_NAMESPACES"] == ""
     assert not any(k.startswith(("AWS_", "KILN_S3")) for k in env) and "envFrom" not in c  # no S3 access
@@ -161,11 +176,13 @@ def test_the_gateway_reads_every_setting_the_chart_gives_it(values_file, monkeyp
     assert settings.wait_seconds == gw["waitSeconds"] and settings.max_waiting == gw["maxWaiting"]
     assert settings.max_body == gw["maxBodyBytes"] and settings.drain_seconds == gw["drainSeconds"]
     assert settings.namespaces == tuple(values.get("operator", {}).get("watchNamespaces", ()))
+    assert settings.auth == gw["auth"]
     assert settings.wake_url.startswith("http://kiln-operator.kiln-system.svc:")
     assert settings.wake_url.endswith(f":{values.get('operator', {}).get('httpPort', 8082)}")
     consumed = {"POD_IP", "KILN_GATEWAY_LISTEN", "KILN_GATEWAY_ADMIN_LISTEN", "KILN_WATCH_NAMESPACES", "KILN_WAKE_URL",
                 "KILN_GATEWAY_WAIT_SECONDS", "KILN_GATEWAY_MAX_WAITING", "KILN_GATEWAY_MAX_BODY_BYTES",
-                "KILN_GATEWAY_DRAIN_SECONDS", "KILN_LOG_FORMAT", "KILN_WATCH_TIMEOUT", "KILN_GATEWAY_UPSTREAM_TIMEOUT"}
+                "KILN_GATEWAY_DRAIN_SECONDS", "KILN_LOG_FORMAT", "KILN_WATCH_TIMEOUT", "KILN_GATEWAY_UPSTREAM_TIMEOUT",
+                "KILN_GATEWAY_AUTH"}
     source = "".join(p.read_text() for p in (REPO / "operator" / "kiln_operator" / "gateway").glob("*.py"))
     for name in env:
         assert name in consumed and (name == "POD_IP" or f'"{name}"' in source), name
@@ -178,6 +195,79 @@ def test_a_disabled_gateway_leaves_nothing_of_it():
     netpol = one(objs, "NetworkPolicy", "kiln-operator")
     assert [r["ports"][0]["port"] for r in netpol["spec"]["ingress"]] == ["health"]  # no peerless rule: not open
     assert "KilnGatewayDown" not in json.dumps(one(objs, "PrometheusRule"))
+
+
+def policy_peers(policy: dict, port: str) -> list[dict] | None:
+    """The peers of the ingress rule for port; None when the rule admits every peer."""
+    rule = next(r for r in policy["spec"]["ingress"] if [p["port"] for p in r["ports"]] == [port])
+    return rule.get("from")
+
+
+def test_network_policies_are_on_by_default_and_the_gateway_takes_authenticated_traffic_from_anyone():
+    objs = rendered()
+    gw_labels = one(objs, "Deployment", "kiln-gateway")["spec"]["selector"]["matchLabels"]
+    gw_policy = one(objs, "NetworkPolicy", "kiln-gateway")
+    assert gw_policy["spec"]["podSelector"]["matchLabels"] == gw_labels
+    assert policy_peers(gw_policy, "http") is None  # every request carries a token the gateway checks
+    assert policy_peers(gw_policy, "admin") is None  # probes and Prometheus
+    op_policy = one(objs, "NetworkPolicy", "kiln-operator")
+    assert policy_peers(op_policy, "http") == [{"podSelector": {"matchLabels": gw_labels}}]  # /wake, gateway only
+    assert policy_peers(op_policy, "health") is None
+    # all namespaces: the chart cannot know where serving pods live, so it makes no policy for them
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy"] == ["kiln-operator", "kiln-gateway"]
+
+
+def test_serving_pods_in_watched_namespaces_are_reachable_only_from_the_gateway_and_the_operator():
+    from kiln_contract import spec as specs
+    from kiln_operator import deployment_builder
+
+    values = {"operator": {"watchNamespaces": ["team-a", "team-b"]},
+              "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}}
+    objs = rendered(values)
+    serving = sorted((o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "kiln-serving"),
+                     key=lambda o: o["metadata"]["namespace"])
+    assert [o["metadata"]["namespace"] for o in serving] == ["team-a", "team-b"]
+    meta = {"name": "iris", "namespace": "team-a", "uid": "u-1", "generation": 1}
+    dep = {"metadata": meta, "spec": specs.validate("Deployment", {"model": {"name": "iris"}})}
+    entry = {"version": 1, "uri": "s3://k/m/v1", "sha256": "a" * 64, "formats": ["onnx"],
+             "artifacts": {"onnx": {"file": "model.onnx", "sha256": "a" * 64}}}
+    template = deployment_builder.build_server(dep, entry, track="stable", replicas=1, image="kiln/server:0.1.0",
+                                               s3_secret="kiln-s3")["spec"]["template"]
+    pod_labels = template["metadata"]["labels"]
+    in_release = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kiln-system"}}}
+    for policy in serving:
+        selector = policy["spec"]["podSelector"]
+        # it selects the pods the operator builds, and only serving pods
+        assert selector["matchLabels"].items() <= pod_labels.items()
+        assert [(e["key"], e["operator"]) for e in selector["matchExpressions"]] == [("kiln.dev/deployment", "Exists")]
+        assert "kiln.dev/deployment" in pod_labels
+        assert policy["spec"]["policyTypes"] == ["Ingress"] and len(policy["spec"]["ingress"]) == 1
+        assert "http" in {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+        assert policy_peers(policy, "http") == [
+            {**in_release, "podSelector": {"matchLabels": one(objs, "Deployment", "kiln-gateway")["spec"][
+                "selector"]["matchLabels"]}},
+            {**in_release, "podSelector": {"matchLabels": one(objs, "Deployment", "kiln-operator")["spec"][
+                "selector"]["matchLabels"]}},
+            *values["networkPolicy"]["metricsFrom"]]
+    # without the gateway, clients call each Deployment's Service: no policy would let them
+    without_gateway = rendered({**values, "gateway": {"enabled": False}})
+    assert not [o for o in without_gateway if o["metadata"]["name"] == "kiln-serving"]
+    assert not [o for o in rendered({**values, "networkPolicy": {"enabled": False}}) if o["kind"] == "NetworkPolicy"]
+
+
+def test_gateway_auth_none_drops_the_review_rights_and_needs_a_network_policy_peer_list():
+    with pytest.raises(helm_python.HelmError, match=re.escape("networkPolicy.gatewayFrom")):
+        chart.render({"gateway": {"auth": "none"}})
+    with pytest.raises(helm_python.HelmError, match="auth"):
+        chart.render({"gateway": {"auth": "off"}})
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dev"}}}]
+    objs = rendered({"gateway": {"auth": "none"}, "networkPolicy": {"gatewayFrom": peers}})
+    assert env_of(gateway_container(objs))["KILN_GATEWAY_AUTH"] == "none"
+    assert policy_peers(one(objs, "NetworkPolicy", "kiln-gateway"), "http") == peers
+    assert {o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRole"} == {
+        "kiln-operator", "kiln-operator-cluster", "kiln-gateway"}
+    objs = rendered({"gateway": {"auth": "none"}, "networkPolicy": {"enabled": False}})  # a trusted dev cluster
+    assert not [o for o in objs if o["kind"] == "NetworkPolicy"]
 
 
 def test_the_rendered_kopf_command_line_parses():
@@ -300,6 +390,22 @@ def test_bad_values_are_refused_with_the_field_named(values, message):
         chart.render(values)
 
 
+def test_all_namespaces_deny_the_operator_writes_in_protected_namespaces():
+    """RBAC cannot exclude kube-system from a ClusterRole; the admission policy does (Kubernetes 1.30+)."""
+    policy = one(rendered(), "ValidatingAdmissionPolicy", "kiln-operator-protected-namespaces")
+    selector = policy["spec"]["matchConstraints"]["namespaceSelector"]["matchExpressions"][0]
+    assert selector["values"] == ["kube-system", "kube-public", "kube-node-lease", "kiln-system"]
+    assert policy["spec"]["matchConditions"][0]["expression"] == \
+        'request.userInfo.username == "system:serviceaccount:kiln-system:kiln-operator"'
+    rules = policy["spec"]["matchConstraints"]["resourceRules"][0]
+    assert {"deployments", "jobs", "services"} <= set(rules["resources"]) and "DELETE" in rules["operations"]
+    assert policy["spec"]["failurePolicy"] == "Fail" and policy["spec"]["validations"][0]["expression"] == "false"
+    binding = one(rendered(), "ValidatingAdmissionPolicyBinding", "kiln-operator-protected-namespaces")
+    assert binding["spec"] == {"policyName": "kiln-operator-protected-namespaces", "validationActions": ["Deny"]}
+    for values in ({"operator": {"watchNamespaces": ["team-a"]}}, {"rbac": {"protectedNamespaces": []}}):
+        assert not [o for o in rendered(values) if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
 def test_watch_namespaces_bind_the_namespaced_rules_per_namespace_only():
     objs = rendered({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
     for role in ("kiln-operator", "kiln-gateway"):
@@ -309,8 +415,9 @@ def test_watch_namespaces_bind_the_namespaced_rules_per_namespace_only():
                                     "name": role} for b in bindings)
         assert all(b["subjects"][0]["name"] == role for b in bindings)
     assert env_of(gateway_container(objs))["KILN_WATCH_NAMESPACES"] == "team-a,team-b"
-    # the namespaced rules are not granted cluster-wide
-    assert [b["roleRef"]["name"] for b in objs if b["kind"] == "ClusterRoleBinding"] == ["kiln-operator-cluster"]
+    # the namespaced rules are not granted cluster-wide; token and access reviews are cluster-scoped questions
+    assert [b["roleRef"]["name"] for b in objs if b["kind"] == "ClusterRoleBinding"] == [
+        "kiln-gateway-auth", "kiln-operator-cluster"]
     cluster_rules = one(objs, "ClusterRole", "kiln-operator-cluster")["rules"]
     assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in cluster_rules
 
@@ -359,8 +466,12 @@ EXPECTED_RULES = {
     ("policy", "poddisruptionbudgets"): WRITES,
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
-# The gateway reads and writes nothing.
+# The gateway reads and writes nothing; it asks who sent a request and whether they may (reviews are not objects).
 EXPECTED_GATEWAY_RULES = {("", "pods"): {"get", "list", "watch"}, ("kiln.dev", "deployments"): {"get", "list", "watch"}}
+EXPECTED_GATEWAY_AUTH_RULES = {("authentication.k8s.io", "tokenreviews"): {"create"},
+                               ("authorization.k8s.io", "subjectaccessreviews"): {"create"}}
+# What a prediction client needs, and all it gets: the subresource the gateway's SubjectAccessReview names.
+EXPECTED_PREDICTOR_RULES = {("kiln.dev", "deployments/predict"): {"create"}}
 
 
 def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
@@ -380,10 +491,22 @@ def test_rbac_is_exactly_what_the_operator_and_the_gateway_use():
     objs = rendered()
     assert grants(role_rules(objs, "kiln-operator", "kiln-operator-cluster")) == EXPECTED_RULES
     assert grants(role_rules(objs, "kiln-gateway")) == EXPECTED_GATEWAY_RULES
+    assert grants(role_rules(objs, "kiln-gateway-auth")) == EXPECTED_GATEWAY_AUTH_RULES
+    assert grants(role_rules(objs, "kiln-predictor")) == EXPECTED_PREDICTOR_RULES
     assert {o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRole"} == {
-        "kiln-operator", "kiln-operator-cluster", "kiln-gateway"}
-    binding = one(objs, "ClusterRoleBinding", "kiln-gateway")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kiln-gateway", "namespace": "kiln-system"}]
+        "kiln-operator", "kiln-operator-cluster", "kiln-gateway", "kiln-gateway-auth", "kiln-predictor"}
+    for name in ("kiln-gateway", "kiln-gateway-auth"):
+        binding = one(objs, "ClusterRoleBinding", name)
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kiln-gateway", "namespace": "kiln-system"}]
+    # nobody is bound to the predictor role by the chart: namespace admins and editors hold it (aggregation), so
+    # RBAC lets them bind it in their namespaces
+    assert not [b for b in objs if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and b["roleRef"]["name"] == "kiln-predictor"]
+    labels = one(objs, "ClusterRole", "kiln-predictor")["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in labels
 
 
 def test_rbac_covers_every_child_the_builders_make():

@@ -51,6 +51,9 @@ def pod(name: str, dep: str | None = "iris", ip: str | None = "127.0.0.2", ready
     return {"metadata": meta, "status": status}
 
 
+ADMIN_TOKEN = "tok-admin"  # FakeApi's token of a user allowed everywhere
+
+
 def kdep(name: str, ns: str = "ml") -> dict:
     return {"apiVersion": "kiln.dev/v1alpha1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns}}
 
@@ -96,6 +99,12 @@ def test_request_head_drops_hop_by_hop_headers_and_sets_host_and_length():
     assert headers == [(b"Host", b"iris.ml.svc"), (b"Content-Type", b"application/json"),
                        (b"Authorization", b"Bearer end-to-end"), (b"X-Request-Id", b"abc"),
                        (b"Content-Length", b"42")]
+
+
+def test_request_head_can_drop_the_callers_credentials_too():
+    raw = ((b"authorization", b"Bearer secret"), (b"X-Request-Id", b"abc"))
+    head = routing.request_head("GET", b"/x", b"iris.ml.svc", raw, 0, routing.HOP_BY_HOP | {b"authorization"})
+    assert b"secret" not in head and b"X-Request-Id: abc" in head
 
 
 def test_response_headers_keep_end_to_end_ones_only():
@@ -387,6 +396,13 @@ class FakeApi:
         self.on_wake = None
         self.gone_below = 0  # watches from an older resourceVersion get 410
         self.url = ""
+        # TokenReview and SubjectAccessReview: token -> user; user -> (namespace, name) patterns granted
+        self.tokens: dict[str, dict] = {ADMIN_TOKEN: {"username": "admin", "uid": "u-admin",
+                                                      "groups": ["system:masters", "system:authenticated"]}}
+        self.grants: dict[str, set[tuple[str, str]]] = {"admin": {("*", "*")}}
+        self.reviews: list[tuple] = []  # ("token", token) and ("access", spec)
+        self.review_delay = 0.0
+        self.review_status = 201
 
     async def _resource(self, request: web.Request) -> web.StreamResponse:
         resource = self.PATHS[request.path]
@@ -416,6 +432,37 @@ class FakeApi:
             self.on_wake()
         return web.json_response({"accepted": True}, status=202)
 
+    async def _token_review(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        assert request.headers["Authorization"] == "Bearer test"  # the gateway's own credentials
+        assert body["kind"] == "TokenReview"
+        self.reviews.append(("token", body["spec"]["token"]))
+        await asyncio.sleep(self.review_delay)
+        if self.review_status != 201:
+            return web.json_response({"kind": "Status", "code": self.review_status}, status=self.review_status)
+        user = self.tokens.get(body["spec"]["token"])
+        status = {"authenticated": True, "user": user, "audiences": ["https://kubernetes.default.svc"]} if user \
+            else {"authenticated": False, "error": "invalid bearer token"}
+        return web.json_response({"kind": "TokenReview", "status": status}, status=201)
+
+    async def _access_review(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        assert request.headers["Authorization"] == "Bearer test"
+        spec = body["spec"]
+        self.reviews.append(("access", spec))
+        await asyncio.sleep(self.review_delay)
+        if self.review_status != 201:
+            return web.json_response({"kind": "Status", "code": self.review_status}, status=self.review_status)
+        attrs = spec["resourceAttributes"]
+        assert (attrs["verb"], attrs["group"], attrs["resource"], attrs["subresource"]) == (
+            "create", "kiln.dev", "deployments", "predict"), attrs
+        allowed = any(ns in ("*", attrs["namespace"]) and name in ("*", attrs["name"])
+                      for ns, name in self.grants.get(spec["user"], ()))
+        return web.json_response({"kind": "SubjectAccessReview", "status": {"allowed": allowed}}, status=201)
+
+    def counted(self, kind: str) -> int:
+        return sum(1 for r in self.reviews if r[0] == kind)
+
     def emit(self, resource: str, kind: str, obj: dict) -> None:
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
@@ -436,6 +483,8 @@ class FakeApi:
         for path in self.PATHS:
             app.router.add_get(path, self._resource)
         app.router.add_post("/wake/{ns}/{name}", self._wake)
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
+        app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -492,7 +541,7 @@ def test_watch_lists_follows_resumes_and_relists_after_410():
 def settings(**kw) -> Settings:
     base = dict(listen=("127.0.0.1", 0), admin_listen=("127.0.0.1", 0), namespaces=(), wake_url="",
                 wait_seconds=5.0, max_waiting=3, max_body=1024, pod_port=free_port("127.0.0.2"), watch_timeout=5,
-                drain_seconds=0.0, upstream_timeout=5.0)
+                drain_seconds=0.0, upstream_timeout=5.0, auth="kubernetes")
     return Settings(**{**base, **kw})
 
 
@@ -507,13 +556,15 @@ async def gateway(api: FakeApi, **kw):
         await gw.stop()
 
 
-async def call(gw: Gateway, method: str, path: str, body: bytes = b"", headers: dict | None = None,
-               timeout: float = 10) -> tuple[int, dict, bytes]:
-    """A minimal HTTP/1.1 client on a raw socket (no client-side limits in the way)."""
+async def call(gw: Gateway, method: str, path: str | bytes, body: bytes = b"", headers: dict | None = None,
+               timeout: float = 10, token: str | None = ADMIN_TOKEN) -> tuple[int, dict, bytes]:
+    """A minimal HTTP/1.1 client on a raw socket (no client-side limits in the way); token=None sends none."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-    lines = [f"{method} {path} HTTP/1.1", "Host: gw", f"Content-Length: {len(body)}", "Connection: close",
-             *(f"{k}: {v}" for k, v in (headers or {}).items())]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    lines = [f"{method} {{path}} HTTP/1.1", "Host: gw", f"Content-Length: {len(body)}", "Connection: close",
+             *(f"{k}: {v}" for k, v in {**auth, **(headers or {})}.items())]
+    raw_path = path if isinstance(path, bytes) else path.encode()
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode().replace(b"{path}", raw_path, 1) + body)
     raw = await asyncio.wait_for(reader.read(), timeout)
     writer.close()
     head_, _, payload = raw.partition(b"\r\n\r\n")
@@ -541,6 +592,8 @@ def test_gateway_routes_round_robin_and_asks_the_api_nothing_per_request():
                     seen.append(answer["pod"])
                 assert seen == ["a", "b", "a", "b"] and hdrs["X-Pod"] in ("a", "b")
                 assert len(api.requests) == before  # zero API requests per prediction
+                # the caller was checked once (a TokenReview and a SubjectAccessReview), then remembered
+                assert api.counted("token") == 1 and api.counted("access") == 1
 
     run(scenario())
 
@@ -637,7 +690,7 @@ def test_a_client_that_disconnects_frees_its_waiter():
             api.emit("deployments", "ADDED", kdep("iris"))
             async with gateway(api, wait_seconds=30) as gw:
                 reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-                writer.write(b"GET /ml/iris/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+                writer.write(b"GET /ml/iris/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer tok-admin\r\n\r\n")
                 await eventually(lambda: gw.waiters.total == 1, what="a waiter")
                 writer.close()
                 await eventually(lambda: gw.waiters.total == 0, what="the waiter to be freed")
@@ -694,7 +747,8 @@ def test_expect_continue_is_answered_and_hop_by_hop_headers_stop_here():
             async with FakePod("127.0.0.2", s.pod_port, "a") as a, gateway(api, pod_port=s.pod_port) as gw:
                 reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
                 writer.write(b"POST /ml/iris/v2/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n"
-                             b"Expect: 100-continue\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n")
+                             b"Authorization: Bearer tok-admin\r\nExpect: 100-continue\r\n"
+                             b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n")
                 assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
                 writer.write(b"ping")
                 head_ = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -702,7 +756,7 @@ def test_expect_continue_is_answered_and_hop_by_hop_headers_stop_here():
                 writer.close()
                 _, _, headers, body = a.requests[-1]
                 assert body == b"ping" and headers["X-End"] == "2" and headers["Host"] == "iris.ml.svc"
-                assert not {"X-Hop", "Expect", "Connection", "Transfer-Encoding"} & set(headers)
+                assert not {"X-Hop", "Expect", "Connection", "Transfer-Encoding", "Authorization"} & set(headers)
 
     run(scenario())
 
@@ -791,3 +845,301 @@ def test_server_closes_idle_connections_and_cancels_requests_of_clients_that_lef
             assert asyncio.get_running_loop().time() - t0 > 0.3
 
     run(scenario())
+
+
+# -- who may send requests: bearer tokens, TokenReview, SubjectAccessReview ------------------------------------
+
+
+@pytest.mark.parametrize("headers, status", [
+    ([], 401),
+    ([(b"Authorization", b"Basic dXNlcjpwYXNz")], 401),
+    ([(b"Authorization", b"Bearer")], 401),
+    ([(b"Authorization", b"Bearer   ")], 401),
+    ([(b"Authorization", b"Bearer a b")], 401),
+    ([(b"Authorization", b"Bearer \xc3\xa9t\xc3\xa9")], 401),
+    ([(b"Authorization", b"Bearer " + b"x" * (16 * 1024 + 1))], 401),
+    ([(b"Authorization", b"Bearer a"), (b"authorization", b"Bearer b")], 400),
+])
+def test_only_one_well_formed_bearer_token_is_a_credential(headers, status):
+    from kiln_operator.gateway import auth
+    from kiln_operator.gateway.proxy import Refusal
+
+    with pytest.raises(Refusal) as refused:
+        auth.well_formed(auth.bearer(headers))
+    assert refused.value.status == status
+    if status == 401:
+        assert dict(refused.value.headers)[b"WWW-Authenticate"].startswith(b"Bearer")
+
+
+@pytest.mark.parametrize("value", [b"Bearer tok-1", b"bearer tok-1", b"BEARER  tok-1 ", b" Bearer tok-1"])
+def test_the_bearer_scheme_is_case_insensitive_and_spaces_around_are_ignored(value):
+    from kiln_operator.gateway import auth
+
+    assert auth.bearer([(b"Content-Type", b"x"), (b"AUTHORIZATION", value)]) == b"tok-1"
+
+
+def jwt(claims: dict) -> bytes:
+    import base64
+
+    def part(obj) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=")
+
+    return part({"alg": "RS256"}) + b"." + part(claims) + b".c2ln"
+
+
+def test_a_jwt_bounds_how_long_its_answer_is_remembered():
+    import math
+    import time
+
+    from kiln_operator.gateway import auth
+
+    assert 99 < auth.seconds_left(jwt({"exp": time.time() + 100})) <= 100
+    assert auth.seconds_left(jwt({"exp": time.time() - 5})) < 0
+    for opaque in (b"opaque-token", jwt({"sub": "no exp"}), b"a.!!!.c", b"a." + b"W10" + b".c"):
+        assert auth.seconds_left(opaque) == math.inf
+
+
+def test_the_cache_expires_entries_and_evicts_the_least_recently_used():
+    from kiln_operator.gateway.auth import _MISS, Cache
+
+    c = Cache(2)
+    c.put("a", 1, expires=10)
+    c.put("b", 2, expires=10)
+    assert c.get("a", now=0) == 1  # a is now the most recently used
+    c.put("c", 3, expires=10)
+    assert c.get("b", now=0) is _MISS and c.get("a", now=0) == 1 and len(c) == 2
+    assert c.get("c", now=10) is _MISS and len(c) == 1  # expired: gone
+
+
+def tenants(api: FakeApi) -> None:
+    """Two namespaces, a and b, with a Deployment iris each (ready pods on 127.0.0.2 and .3), a token for each
+    tenant's ServiceAccount, allowed in its own namespace only, and one for a ServiceAccount allowed nowhere."""
+    for ns, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3")):
+        api.emit("deployments", "ADDED", kdep("iris", ns=ns))
+        api.emit("pods", "ADDED", pod(f"iris-{ns}", ns=ns, ip=ip))
+        user = f"system:serviceaccount:{ns}:client"
+        api.tokens[f"tok-{ns}"] = {"username": user, "uid": f"u-{ns}", "groups": ["system:serviceaccounts"],
+                                   "extra": {"authentication.kubernetes.io/pod-name": [f"client-{ns}"]}}
+        api.grants[user] = {(ns, "*")}
+    api.tokens["tok-nobody"] = {"username": "system:serviceaccount:a:nobody", "groups": []}
+
+
+def test_tokens_are_checked_by_the_api_server_and_tenants_reach_their_own_namespace_only():
+    async def scenario():
+        async with FakeApi() as api:
+            s = settings()
+            tenants(api)
+            async with FakePod("127.0.0.2", s.pod_port, "a") as pod_a, FakePod("127.0.0.3", s.pod_port, "b"), \
+                    gateway(api, pod_port=s.pod_port) as gw:
+                infer = "/a/iris/v2/models/iris/infer"
+                status, hdrs, body = await call(gw, "POST", infer, b"{}", token=None)
+                assert status == 401 and hdrs["WWW-Authenticate"] == 'Bearer realm="kiln-gateway"', body
+                assert "Authorization: Bearer" in json.loads(body)["error"] and api.reviews == []
+                status, hdrs, body = await call(gw, "POST", infer, b"{}", token="garbage")
+                assert status == 401 and 'error="invalid_token"' in hdrs["WWW-Authenticate"], body
+                # A's token on A's model: answered, and the token stays with the gateway
+                status, _, body = await call(gw, "POST", infer, b"{}", token="tok-a")
+                assert status == 200 and json.loads(body)["pod"] == "a", body
+                assert "Authorization" not in pod_a.requests[-1][2]
+                spec = next(r[1] for r in api.reviews if r[0] == "access")
+                assert spec["user"] == "system:serviceaccount:a:client" and spec["uid"] == "u-a"
+                assert spec["groups"] == ["system:serviceaccounts"] and spec["extra"] == {
+                    "authentication.kubernetes.io/pod-name": ["client-a"]}
+                assert spec["resourceAttributes"] == {"namespace": "a", "name": "iris", "verb": "create",
+                                                      "group": "kiln.dev", "resource": "deployments",
+                                                      "subresource": "predict"}
+                # A's token on B's model, B's metadata and health, and on a name B does not even have: one answer
+                for path in ("/b/iris/v2/models/iris/infer", "/b/iris/v2/models/iris", "/b/iris/v2/health/ready",
+                             "/b/iris/metrics", "/b/not-there/v2/models/x"):
+                    status, _, body = await call(gw, "GET", path, token="tok-a")
+                    error = json.loads(body)["error"]
+                    assert status == 403 and 'namespace "b"' in error and "system:serviceaccount:a:client" in error
+                    assert "deployments/predict" in error
+                # a ServiceAccount bound to nothing
+                status, _, body = await call(gw, "POST", infer, b"{}", token="tok-nobody")
+                assert status == 403 and 'Kiln Deployment "iris" in namespace "a"' in json.loads(body)["error"]
+                # inside its own namespace, a tenant learns what exists
+                status, _, body = await call(gw, "GET", "/a/not-there/x", token="tok-a")
+                assert status == 404 and "not-there" in json.loads(body)["error"]
+                assert not gw.auth.inflight
+
+    run(scenario())
+
+
+def test_answers_are_remembered_refusals_briefly_and_never_past_the_ttl():
+    async def scenario():
+        async with FakeApi() as api:
+            s = settings()
+            tenants(api)
+            async with FakePod("127.0.0.2", s.pod_port, "a"), gateway(api, pod_port=s.pod_port, auth_ttl=0.3,
+                                                                      auth_negative_ttl=0.3) as gw:
+                for _ in range(5):
+                    assert (await call(gw, "GET", "/a/iris/x", token="tok-a"))[0] == 200
+                    assert (await call(gw, "GET", "/b/iris/x", token="tok-a"))[0] == 403
+                    assert (await call(gw, "GET", "/a/iris/x", token="garbage"))[0] == 401
+                    assert (await call(gw, "GET", "/b/iris/x", token="garbage"))[0] == 401
+                # one TokenReview per token, one SubjectAccessReview per token and Deployment
+                assert api.counted("token") == 2 and api.counted("access") == 2
+                # tokens are kept as their sha256 only
+                import hashlib
+
+                keys = [*gw.auth.users._entries, *(k[0] for k in gw.auth.decisions._entries)]
+                assert keys and all(k in {hashlib.sha256(b"tok-a").digest(), hashlib.sha256(b"garbage").digest()}
+                                    for k in keys)
+                await asyncio.sleep(0.35)  # both expire: asked again
+                assert (await call(gw, "GET", "/a/iris/x", token="tok-a"))[0] == 200
+                assert (await call(gw, "GET", "/a/iris/x", token="garbage"))[0] == 401
+                assert api.counted("token") == 4 and api.counted("access") == 3
+
+    run(scenario())
+
+
+def test_a_refused_request_never_waits_nor_wakes_a_deployment_scaled_to_zero():
+    async def scenario():
+        async with FakeApi() as api:
+            tenants(api)
+            api.emit("deployments", "ADDED", kdep("cold", ns="b"))  # no pod: scaled to zero
+            async with gateway(api, wake_url=api.url, wait_seconds=0.3) as gw:
+                for token, status in ((None, 401), ("garbage", 401), ("tok-a", 403), ("tok-nobody", 403)):
+                    t0 = asyncio.get_running_loop().time()
+                    assert (await call(gw, "POST", "/b/cold/v2/models/m/infer", b"{}", token=token))[0] == status
+                    assert asyncio.get_running_loop().time() - t0 < 0.25  # at once, not after the wait
+                assert api.wakes == [] and gw.waiters.total == 0 and gw.waiters.holds() == 0
+                # B's own client is let through to wait, and wakes it
+                status, _, _ = await call(gw, "POST", "/b/cold/v2/models/m/infer", b"{}", token="tok-b")
+                assert status == 503 and api.wakes == ["b/cold"]
+
+    run(scenario())
+
+
+def test_concurrent_requests_with_a_new_token_share_one_review_and_review_floods_are_bounded():
+    async def scenario():
+        async with FakeApi() as api:
+            s = settings()
+            tenants(api)
+            api.review_delay = 0.3
+            async with FakePod("127.0.0.2", s.pod_port, "a"), gateway(api, pod_port=s.pod_port,
+                                                                      auth_max_pending=2) as gw:
+                answers = await asyncio.gather(*(call(gw, "GET", "/a/iris/x", token="tok-a") for _ in range(20)))
+                assert [a[0] for a in answers] == [200] * 20
+                assert api.counted("token") == 1 and api.counted("access") == 1
+                # more distinct reviews than may wait: the rest are told to come back, at once
+                fresh = [f"new-{i}" for i in range(4)]
+                answers = await asyncio.gather(*(call(gw, "GET", "/a/iris/x", token=t) for t in fresh))
+                codes = sorted(a[0] for a in answers)
+                assert codes == [401, 401, 503, 503], answers
+                refused = next(a for a in answers if a[0] == 503)
+                assert refused[1]["Retry-After"] == "1" and "too many" in json.loads(refused[2])["error"]
+                assert not gw.auth.inflight
+
+    run(scenario())
+
+
+def test_an_api_server_that_cannot_answer_gives_503_and_nothing_is_remembered():
+    async def scenario():
+        async with FakeApi() as api:
+            s = settings()
+            tenants(api)
+            api.review_status = 500
+            async with FakePod("127.0.0.2", s.pod_port, "a"), gateway(api, pod_port=s.pod_port) as gw:
+                status, hdrs, body = await call(gw, "GET", "/a/iris/x", token="tok-a")
+                assert status == 503 and hdrs["Retry-After"] == "1" and "API server" in json.loads(body)["error"]
+                api.review_status = 201
+                assert (await call(gw, "GET", "/a/iris/x", token="tok-a"))[0] == 200
+
+    run(scenario())
+
+
+def test_a_client_that_leaves_during_its_review_leaves_nothing_behind():
+    async def scenario():
+        async with FakeApi() as api:
+            tenants(api)
+            api.review_delay = 0.3
+            async with gateway(api, wait_seconds=30) as gw:
+                reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+                writer.write(b"GET /b/iris/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer tok-a\r\n\r\n")
+                await eventually(lambda: gw.auth.inflight, what="a review in flight")
+                writer.close()
+                # the review runs to its end for whoever asks next, then nothing of the request is left
+                await eventually(lambda: not gw.auth.inflight, what="the review to end")
+                assert gw.waiters.total == 0 and gw.waiters.holds() == 0
+                api.review_delay = 0
+                assert (await call(gw, "GET", "/b/iris/x", token="tok-a"))[0] == 403
+                assert api.counted("access") == 1  # the answer of the abandoned review was kept
+
+    run(scenario())
+
+
+ODD_PATHS = [
+    b"/a%2Fb/iris/x", b"/%2F/iris/x", b"/ml%2firis/x/y", b"/ml/iris%2F..%2Fother/x", b"/%2e%2e/iris/x",
+    b"/../iris/x", b"/./iris/x", b"/ml/../x", b"/ml/./x", b"//", b"///", b"//iris", b"/ml//x", b"/ml/iris//x",
+    b"/%00/x", b"/ml/iris%00/x", b"/ml%00/iris/x", "/café/iris/x".encode(), "/ml/ïris/x".encode(),
+    b"/ml/\xff\xfe/x", b"/\xc0\xaf/x", b"/ml?x=1", b"/?a=b", b"/ml/iris?%2F", b"/ml/iris#frag", b"/ml/iris/%",
+    b"/ml/iris/%zz", b"/ML/IRIS/x", b"/-/-/x", b"/" + b"a" * 64 + b"/x/y", b"/metrics", b"/metrics/x",
+    b"/healthz", b"/readyz", b"/ml/" + b"a" * 300 + b"/x", b"/ml/iris/" + b"%2F" * 1000, b"*",
+    b"http://evil/ml/iris/x", b"/ml;x/iris/y", b"/ml/iris;v=1/x", b"/ml/iris..x/y", b"/ml/.iris/y",
+]
+
+
+def random_paths(n: int, seed: int = 11) -> list[bytes]:
+    import random
+
+    rng = random.Random(seed)
+    pieces = [b"ml", b"iris", b"", b".", b"..", b"%2F", b"%2f", b"%2e", b"%00", b"%", b"-", b"a.b", "é".encode(),
+              b"\xff", b"?", b";", b"~", b"A", b"0", b"%25", b"//"]
+    return [b"/" + b"/".join(rng.choice(pieces) + rng.choice(pieces) for _ in range(rng.randint(0, 5)))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("path", ODD_PATHS + random_paths(150))
+def test_split_never_fails_on_odd_paths(path):
+    route = routing.split(path)
+    if route is not None:
+        namespace, name, rest = route
+        assert isinstance(namespace, str) and isinstance(name, str) and rest.startswith(b"/")
+        routing.valid(namespace, name)  # answers, never raises
+
+
+@pytest.mark.parametrize("auth", ["kubernetes", "none"])
+def test_odd_paths_never_get_a_5xx_and_invalid_names_cost_no_review(auth):
+    async def scenario():
+        async with FakeApi() as api:
+            s = settings()
+            api.emit("deployments", "ADDED", kdep("iris"))
+            api.emit("pods", "ADDED", pod("a", ip="127.0.0.2"))
+            async with FakePod("127.0.0.2", s.pod_port, "a"), gateway(api, pod_port=s.pod_port, auth=auth) as gw:
+                status, _, body = await call(gw, "GET", "/a%2Fb/iris/v2/models/iris/infer")
+                assert status == 404 and "/<namespace>/<deployment>/<path>" in json.loads(body)["error"]
+                assert api.reviews == []  # refused before any review
+                for path in ODD_PATHS + random_paths(150):
+                    status, _, body = await call(gw, "GET", path)
+                    assert 200 <= status < 500, (path, status, body[:200])
+                    if path.startswith(b"/metrics"):
+                        assert b"kiln_gateway" not in body  # the gateway's metrics live on the admin port only
+
+    run(scenario())
+
+
+def test_auth_none_lets_everyone_through_and_forwards_their_headers(monkeypatch):
+    async def scenario():
+        async with FakeApi() as api:
+            s = settings(auth="none")
+            api.emit("deployments", "ADDED", kdep("iris"))
+            api.emit("pods", "ADDED", pod("a", ip="127.0.0.2"))
+            async with FakePod("127.0.0.2", s.pod_port, "a") as a, gateway(api, pod_port=s.pod_port,
+                                                                           auth="none") as gw:
+                assert (await call(gw, "GET", "/ml/iris/x", token=None))[0] == 200
+                assert (await call(gw, "GET", "/ml/iris/x", token="for-the-model"))[0] == 200
+                assert a.requests[-1][2]["Authorization"] == "Bearer for-the-model" and api.reviews == []
+                assert gw.auth is None
+
+    run(scenario())
+    from kiln_operator.gateway import config
+
+    monkeypatch.delenv("KILN_GATEWAY_AUTH", raising=False)
+    assert config.load().auth == "kubernetes"  # on unless turned off
+    monkeypatch.setenv("KILN_GATEWAY_AUTH", "None")
+    assert config.load().auth == "none"
+    monkeypatch.setenv("KILN_GATEWAY_AUTH", "off")  # a typo stops the gateway instead of opening it
+    with pytest.raises(ValueError, match="KILN_GATEWAY_AUTH"):
+        config.load()

@@ -2,10 +2,12 @@
 
 Its own process (`python -m kiln_operator.gateway`) and its own Deployment, so predictions never depend on the
 operator being up. It only reads the API: a list+watch of serving pods and of Kiln Deployments keeps an
-in-memory table (endpoints.py), so a prediction costs the API server nothing.
+in-memory table (endpoints.py), so a prediction costs the API server nothing. Who may send a request is the API
+server's answer (TokenReview, SubjectAccessReview on deployments/predict), asked once and remembered (auth.py).
 
     config.py     settings from the environment
     routing.py    path parsing and header rules (pure)
+    auth.py       bearer tokens: TokenReview + SubjectAccessReview, cached by the token's sha256
     endpoints.py  the watch-fed table: which Deployments exist, which pod IPs are ready, round robin
     waiting.py    requests held for a ready pod, capped per Deployment
     apiserver.py  credentials and the HTTP session to the API server

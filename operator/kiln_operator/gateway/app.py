@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kiln_contract import GROUP, VERSION
 from kiln_operator.gateway import apiserver, metrics, upstream
+from kiln_operator.gateway.auth import Authorizer
 from kiln_operator.gateway.config import Settings
 from kiln_operator.gateway.endpoints import DEPLOYMENT_LABEL, Endpoints
 from kiln_operator.gateway.proxy import Proxy
@@ -48,6 +49,7 @@ class Gateway:
         self._listener: asyncio.AbstractServer | None = None
         self._admin: web.AppRunner | None = None
         self._api = None
+        self.auth: Authorizer | None = None
 
     def synced(self) -> bool:
         """The first list of every watch is loaded: 404 now means "does not exist", not "not known yet"."""
@@ -64,6 +66,16 @@ class Gateway:
     async def start(self) -> None:
         credentials = self.credentials or apiserver.from_environment()
         self._api = apiserver.session(credentials, self.settings.watch_timeout)
+        s = self.settings
+        if s.auth == "kubernetes":
+            self.auth = Authorizer(credentials, ttl=s.auth_ttl, negative_ttl=s.auth_negative_ttl,
+                                   size=s.auth_cache_size, concurrency=s.auth_concurrency,
+                                   max_pending=s.auth_max_pending, audiences=s.auth_audiences)
+            self.proxy.authenticate_with(self.auth)
+            metrics.AUTH_CACHED.set_function(lambda: len(self.auth.users) + len(self.auth.decisions))
+        else:
+            log.warning("KILN_GATEWAY_AUTH=none: every client that reaches %s:%d may query every model it routes to",
+                        *self.settings.listen)
         for namespace in self.settings.namespaces or (None,):
             self.watches += [
                 Watch(self._api, credentials, _prefix("v1", namespace) + "/pods", "pods",
@@ -85,8 +97,9 @@ class Gateway:
         host, port = self.settings.listen
         self._listener = await asyncio.get_running_loop().create_server(
             lambda: HttpProtocol(handle, connections), host, port, backlog=1024)
-        log.info("gateway listening on %s:%d (admin on %s:%d), watching %s", host, self.port,
-                 *self.settings.admin_listen, ", ".join(self.settings.namespaces) or "all namespaces")
+        log.info("gateway listening on %s:%d (admin on %s:%d), watching %s, auth %s", host, self.port,
+                 *self.settings.admin_listen, ", ".join(self.settings.namespaces) or "all namespaces",
+                 self.settings.auth)
 
     async def _serve_admin(self) -> None:
         app = web.Application()
@@ -123,6 +136,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.waker.close()
+        if self.auth is not None:
+            await self.auth.close()
         self.pool.close()
         if self._api is not None:
             await self._api.close()

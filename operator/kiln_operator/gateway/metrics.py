@@ -31,6 +31,12 @@ WATCH_EVENTS = Counter("kiln_gateway_watch_events", "Watch events applied to the
 RELISTS = Counter("kiln_gateway_watch_relists", "Full lists after the first, by resource and reason "
                   "(expired: 410 Gone; error: the API server could not be read)", ["resource", "reason"],
                   registry=REGISTRY)
+# No token, user, namespace or Deployment label: this port is open to Prometheus, and cardinality stays fixed.
+AUTH_REVIEWS = Counter("kiln_gateway_auth_reviews", "Reviews sent to the API server for requests whose answer was not "
+                       "cached, by review (token: TokenReview; access: SubjectAccessReview) and outcome (allowed, "
+                       "denied, error)", ["review", "outcome"], registry=REGISTRY)
+AUTH_CACHED = Gauge("kiln_gateway_auth_cached", "Answers held in the gateway's authentication and authorization "
+                    "caches", registry=REGISTRY)
 
 _by_code: dict[int, object] = {}
 

@@ -1,14 +1,19 @@
-"""The request path: route, pick a ready pod (or wait for one), forward, answer. Zero API requests.
+"""The request path: route, check who asks, pick a ready pod (or wait for one), forward, answer.
 
-The body arrives whole and bounded (server.py); what is decided here is where it goes.
+The body arrives whole and bounded (server.py); what is decided here is whether it may go and where. Who asks is
+settled before anything that costs more than a lookup: a request that is refused never waits, never wakes a
+Deployment scaled to zero and never learns whether the Deployment exists. With the caller's answer cached
+(auth.py) a request makes no API call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kiln_operator.gateway import metrics, routing, upstream
 from kiln_operator.gateway.config import Settings
@@ -16,6 +21,9 @@ from kiln_operator.gateway.endpoints import Endpoints, Key
 from kiln_operator.gateway.server import Request, Response, json_response
 from kiln_operator.gateway.waiting import Waiters
 from kiln_operator.gateway.wake import Waker
+
+if TYPE_CHECKING:
+    from kiln_operator.gateway.auth import Authorizer
 
 log = logging.getLogger("kiln.gateway.proxy")
 ATTEMPTS = 4  # pods tried for one request when connections are refused (a rollout removing pods)
@@ -27,15 +35,17 @@ NO_ROUTE = "no such route: requests go to /<namespace>/<deployment>/<path>"
 class Refusal(Exception):
     """An answer the gateway gives itself: a status and a message, as JSON."""
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None):
+    def __init__(self, status: int, message: str, retry_after: int | None = None,
+                 headers: list[tuple[bytes, bytes]] = ()):
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.headers = headers
 
     def response(self) -> Response:
         extra = [(b"Retry-After", b"%d" % self.retry_after)] if self.retry_after else []
-        return json_response(self.status, self.message, extra)
+        return json_response(self.status, self.message, [*extra, *self.headers])
 
 
 class Proxy:
@@ -47,6 +57,13 @@ class Proxy:
         self.waker = waker
         self.pool = pool
         self.synced = synced
+        self.auth: Authorizer | None = None  # None: KILN_GATEWAY_AUTH=none
+        self.drop_headers = routing.HOP_BY_HOP
+
+    def authenticate_with(self, auth: Authorizer) -> None:
+        self.auth = auth
+        # The caller's token is a credential for the gateway, not for the model code in the pod: never forwarded.
+        self.drop_headers = routing.HOP_BY_HOP | {b"authorization"}
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -71,15 +88,24 @@ class Proxy:
             raise Refusal(404, NO_ROUTE)
         namespace, name, target = route
         key = (namespace, name)
+        # Names the API server could never hold are refused before any review: junk paths cost no API call.
+        if not self.table.exists(key) and not routing.valid(namespace, name):
+            raise Refusal(404, NO_ROUTE)
+        auth = self.auth
+        if auth is not None:
+            token = auth.bearer(request.headers)
+            token_digest = hashlib.sha256(token).digest()
+            if not auth.cached(token_digest, namespace, name):
+                await auth.verify(token, token_digest, namespace, name)
+        # Only now may the answer tell whether the Deployment exists: another namespace's Deployments all get the
+        # same 403, existing or not, so no tenant can list another's models.
         if not self.table.exists(key):
-            if not routing.valid(namespace, name):
-                raise Refusal(404, NO_ROUTE)
             if not self.synced():
                 raise Refusal(503, "the gateway is starting (its routing table is not loaded yet)", RETRY_AFTER_BUSY)
             raise Refusal(404, f'no Kiln Deployment "{name}" in namespace "{namespace}"')
         body = request.body
         head = routing.request_head(request.method, target, f"{name}.{namespace}.svc".encode(), request.headers,
-                                    len(body))
+                                    len(body), self.drop_headers)
         return await self._forward(key, (head, body), request.method == "HEAD")
 
     async def _forward(self, key: Key, data: tuple[bytes, bytes], head_only: bool) -> Response:

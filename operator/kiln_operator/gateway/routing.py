@@ -45,13 +45,15 @@ def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     return frozenset(t for v in values for t in (x.strip().lower() for x in v.split(b",")) if t)
 
 
-def request_head(method: str, target: bytes, host: bytes, raw_headers, length: int) -> bytes:
-    """The request line and headers sent to the pod: the client's end-to-end headers, a Host and a length."""
+def request_head(method: str, target: bytes, host: bytes, raw_headers, length: int,
+                 drop: frozenset[bytes] = HOP_BY_HOP) -> bytes:
+    """The request line and headers sent to the pod: the client's end-to-end headers (less drop, lower-case names
+    that include HOP_BY_HOP), a Host and a length."""
     parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     connection = []
     for name, value in raw_headers:
         lower = name.lower()
-        if lower not in HOP_BY_HOP:
+        if lower not in drop:
             parts += (name, b": ", value, b"\r\n")
         elif lower == b"connection":
             connection.append(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from kiln_local.cluster import GATEWAY, kubectl
+from kiln_local.cluster import GATEWAY, TESTER, TESTER_NAMESPACE, kubectl
 from kiln_local.gateway_client import infer
 from kiln_local.paths import REPO
 
@@ -52,7 +52,8 @@ def main() -> int:
     data = load_iris()
     picks = [0, 1, 50, 51, 100, 101]
     rows = [[float(x) for x in data.data[i]] for i in picks]
-    print(f"\n$ POST http://{GATEWAY}/{NAMESPACE}/iris/v2/models/iris/infer  ({len(rows)} rows)", flush=True)
+    print(f"\n$ POST http://{GATEWAY}/{NAMESPACE}/iris/v2/models/iris/infer  ({len(rows)} rows, "
+          f"Authorization: Bearer <token of ServiceAccount {TESTER_NAMESPACE}/{TESTER}>)", flush=True)
     status, answer = infer(NAMESPACE, "iris", "iris", rows)
     if status != 200:
         raise SystemExit(f"[demo] prediction failed with {status}: {answer}")
