@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     try:
         artifact = artifacts.fetch(cfg.model_uri, cfg.cache_dir, cfg.runtime, cfg.allow_unsafe_formats,
-                                   cfg.expected_sha256)
+                                   cfg.expected_sha256, cfg.expected_card_sha256)
     except StartupError as exc:
         return fail(str(exc))
     log.info("verified %s (%s, sha256 %s) for runtime %s", artifact.path, artifact.format, artifact.sha256,
@@ -58,8 +58,16 @@ def _uvicorn_kwargs(cfg: Config) -> dict:
         "server_header": False,
         "log_level": cfg.log_level,
         "timeout_graceful_shutdown": cfg.graceful_timeout_s,
-        "timeout_keep_alive": 15,
+        "timeout_keep_alive": cfg.keep_alive_timeout_s,
     }
+
+
+def http_limits(cfg: Config):
+    from kiln_server.serving import HttpLimits
+
+    return HttpLimits(max_url_bytes=cfg.max_url_bytes, max_header_bytes=cfg.max_header_bytes,
+                      max_headers=cfg.max_headers, request_timeout_s=cfg.request_timeout_s,
+                      max_connections=cfg.max_connections)
 
 
 def _exit_quietly(signum, frame) -> None:
@@ -82,7 +90,7 @@ def serve_single(cfg: Config, artifact) -> int:
     signal.signal(signal.SIGTERM, _exit_quietly)
     signal.signal(signal.SIGINT, _exit_quietly)
     try:
-        started = serving.serve(serving.config(app, **_uvicorn_kwargs(cfg)))
+        started = serving.serve(serving.config(app, http_limits(cfg), **_uvicorn_kwargs(cfg)))
     except serving.BindError as exc:
         return fail(str(exc))
     return 0 if started else 3
@@ -99,13 +107,17 @@ def serve_workers(cfg: Config, artifact) -> int:
     os.environ["KILN_STARTUP_ERROR_FILE"] = str(error_file)
     from kiln_server.app import STATE_ENV
 
-    os.environ[STATE_ENV] = json.dumps({"config": asdict(cfg), "artifact": asdict(artifact)})
+    # A file, not the variable itself: the card is in it, and Linux refuses to exec a process with an
+    # environment string over 128 KiB (MAX_ARG_STRLEN), so a large card would stop every worker starting.
+    state_file = scratch / "state.json"
+    state_file.write_text(json.dumps({"config": asdict(cfg), "artifact": asdict(artifact)}))
+    os.environ[STATE_ENV] = str(state_file)
     log.info("serving model %s version %s (%s) on %s:%d with %d workers", cfg.name, cfg.version,
              artifact.runtime, cfg.host, cfg.port, cfg.workers)
     try:
         try:
-            serving.supervise(serving.config("kiln_server.app:worker_app", factory=True, workers=cfg.workers,
-                                             **_uvicorn_kwargs(cfg)), cfg.workers)
+            serving.supervise(serving.config("kiln_server.app:worker_app", http_limits(cfg), factory=True,
+                                             workers=cfg.workers, **_uvicorn_kwargs(cfg)), cfg.workers)
         except serving.BindError as exc:
             return fail(str(exc))
         if error_file.exists():

@@ -23,7 +23,7 @@ import numpy as np
 from kiln_server import artifacts, runtimes
 from kiln_server.batching import Batcher
 from kiln_server.config import Config
-from kiln_server.decode import _names, decode_v1, decode_v2, parse_json
+from kiln_server.decode import Limits, _names, decode_v1, decode_v2, parse_json
 from kiln_server.errors import ClientError, StartupError
 from kiln_server.protocol import dumps, model_metadata, v1_response, v2_response
 from kiln_server.runtimes import finite_rows
@@ -31,7 +31,7 @@ from kiln_server.runtimes import finite_rows
 log = logging.getLogger("kiln_server")
 
 JSON = b"application/json"
-STATE_ENV = "KILN_SERVER_STATE"  # config + verified artifact, handed from the supervisor to workers
+STATE_ENV = "KILN_SERVER_STATE"  # path of a file: config + verified artifact, from the supervisor to workers
 DRAIN_CAP = 64 << 20  # past this, an oversized body is not read to the end: the connection is closed
 
 
@@ -55,6 +55,7 @@ class App:
         self.runtime = None
         self.ready = False
         self.server_version = _version()
+        self.limits = Limits(max_elements=cfg.max_elements, max_string_length=cfg.max_string_length)
         if runtime is not None:
             self._attach(runtime)
 
@@ -254,7 +255,11 @@ class App:
                 body = await self._body(scope, receive)
                 req = parse_json(body)
                 bools = b"true" in body or b"false" in body  # else no JSON boolean to look for among numbers
-                batch = decode_v2(req, self.schema, bools) if v2 else decode_v1(req, self.schema, bools)
+                limits = self.limits
+                batch = (decode_v2(req, self.schema, bools, limits) if v2
+                         else decode_v1(req, self.schema, bools, limits))
+                # The parsed JSON can weigh tens of times the body; a queued request keeps only its arrays.
+                req = body = None
                 queued = True
                 if batcher.can_run_now():
                     label, probs = batcher.run_now(batch.x, batch.n)
@@ -370,7 +375,8 @@ def worker_app() -> App:
     """uvicorn factory for worker processes: the supervisor verified the artifact; each worker loads it."""
     import json
 
-    state = json.loads(os.environ[STATE_ENV])
+    with open(os.environ[STATE_ENV], encoding="utf-8") as fh:
+        state = json.load(fh)
     cfg = Config(**state["config"])
     art = artifacts.Artifact(**state["artifact"])
     return App(cfg, art)

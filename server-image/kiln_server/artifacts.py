@@ -1,9 +1,12 @@
 """Finding, downloading and verifying a version's artifact, before anything is deserialised.
 
 A version directory (local, or an s3:// prefix) holds modelcard.json and one file per
-exported format. The card is read first; it names each artifact's sha256 and size. The
-chosen artifact's bytes are checked against the card, and against the operator's pin
-(--expected-sha256) when one is given. Only then may a runtime parse them, and it parses
+exported format. The card is read first; it names each artifact's sha256 and size. When the
+operator pins the card (--expected-card-sha256), the card's bytes, as read, must have that
+sha256 before any of it is parsed: the card says which artifact to trust, which columns the
+features are in and how they are named, so a card edited in storage would otherwise be
+believed. The chosen artifact's bytes are checked against the card, and against the operator's
+pin (--expected-sha256) when one is given. Only then may a runtime parse them, and it parses
 exactly the bytes that were hashed (no second read of the file between check and use).
 """
 
@@ -50,8 +53,12 @@ def cache_root(configured: str, uri: str) -> Path:
     return root
 
 
-def read_card(uri: str, cache_dir: str) -> tuple[dict, Path]:
-    """Return the card of the version at uri and the local directory its files are (or go) in."""
+def read_card(uri: str, cache_dir: str, expected_sha256: str = "") -> tuple[dict, Path]:
+    """Return the card of the version at uri and the local directory its files are (or go) in.
+
+    With expected_sha256 (the operator's pin of the card), the bytes read must hash to it before
+    they are parsed.
+    """
     if uri.startswith("s3://"):
         local = cache_root(cache_dir, uri)
         data = _s3_get(uri, MODEL_CARD, local)
@@ -65,10 +72,24 @@ def read_card(uri: str, cache_dir: str) -> tuple[dict, Path]:
             raise StartupError(
                 f"{uri} has no {MODEL_CARD}: the version is not committed (the card is written last)"
             ) from None
+    verify_card(data, expected_sha256, f"{uri.rstrip('/')}/{MODEL_CARD}")
     try:
         return cards.loads(data), local
     except cards.CardError as exc:
         raise StartupError(f"{uri}/{MODEL_CARD}: {exc}") from exc
+
+
+def verify_card(data: bytes, expected_sha256: str, what: str) -> None:
+    """Raise StartupError unless the card's bytes have the pinned sha256 (no pin: nothing to check).
+
+    The message leaves the actual digest out: a log reader should not learn what to pin to make a
+    tampered card pass.
+    """
+    if expected_sha256 and sha256_bytes(data) != expected_sha256.lower():
+        raise StartupError(
+            f"sha256 mismatch for {what}: the model card does not have the sha256 pinned by "
+            f"--expected-card-sha256 (KILN_EXPECTED_CARD_SHA256), {expected_sha256.lower()}; refusing to start"
+        )
 
 
 def choose(card: dict, runtime: str, allow_unsafe: bool, uri: str) -> tuple[str, dict]:
@@ -92,9 +113,11 @@ def choose(card: dict, runtime: str, allow_unsafe: bool, uri: str) -> tuple[str,
     return runtime, entry
 
 
-def fetch(uri: str, cache_dir: str, runtime: str, allow_unsafe: bool, expected_sha256: str) -> Artifact:
-    """Read the card, choose the artifact, download it when remote, and verify it. Deserialises nothing."""
-    card, local = read_card(uri, cache_dir)
+def fetch(uri: str, cache_dir: str, runtime: str, allow_unsafe: bool, expected_sha256: str,
+          expected_card_sha256: str = "") -> Artifact:
+    """Read (and verify) the card, choose the artifact, download it when remote, and verify it.
+    Deserialises nothing but the verified card."""
+    card, local = read_card(uri, cache_dir, expected_card_sha256)
     runtime, entry = choose(card, runtime, allow_unsafe, uri)
     name = entry["file"]
     if "/" in name or name in ("", ".", ".."):

@@ -24,10 +24,19 @@ class Config:
     workers: int = 1
     version: str = ""
     expected_sha256: str = ""
+    expected_card_sha256: str = ""
     allow_unsafe_formats: bool = False
     runtime: str = ""  # "" = onnx where the card lists an ONNX artifact, else sklearn
     cache_dir: str = ""  # "" = a fresh directory under the temp dir
     max_body_bytes: int = 8 * 1024 * 1024
+    max_elements: int = 1 << 20
+    max_string_length: int = 4096
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    request_timeout_s: float = 10.0
+    keep_alive_timeout_s: float = 15.0
+    max_connections: int = 1024
     batch_max_size: int = 32
     batch_max_latency_ms: float = 1.0
     graceful_timeout_s: float = 25.0
@@ -87,6 +96,9 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
                         help="version served; from the URI's v<N> when absent [KILN_MODEL_VERSION]")
     parser.add_argument("--expected-sha256", default=default("expected_sha256", ""),
                         help="refuse to start unless the artifact has this sha256 [KILN_EXPECTED_SHA256]")
+    parser.add_argument("--expected-card-sha256", default=default("expected_card_sha256", ""),
+                        help="refuse to start unless modelcard.json has this sha256, checked before it is parsed "
+                        "[KILN_EXPECTED_CARD_SHA256]")
     parser.add_argument("--allow-unsafe-formats", action="store_true", default=None,
                         help="allow joblib/pickle artifacts, which run code when loaded [KILN_ALLOW_UNSAFE_FORMATS]")
     parser.add_argument("--runtime", choices=["onnx", "sklearn", ""], default=default("runtime", ""),
@@ -95,6 +107,27 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
                         help="where s3:// artifacts are downloaded [KILN_CACHE_DIR] (a temp dir)")
     parser.add_argument("--max-body-bytes", type=int, default=default("max_body_bytes", str(8 << 20)),
                         help="largest request body; larger ones get 413 [KILN_MAX_BODY_BYTES] (8 MiB)")
+    parser.add_argument("--max-elements", type=int, default=default("max_elements", str(1 << 20)),
+                        help="most tensor elements in one request, over all its inputs; more get 413 "
+                        "[KILN_MAX_ELEMENTS] (1048576)")
+    parser.add_argument("--max-string-length", type=int, default=default("max_string_length", "4096"),
+                        help="longest BYTES (string) element, in characters; longer get 413 "
+                        "[KILN_MAX_STRING_LENGTH] (4096)")
+    parser.add_argument("--max-url-bytes", type=int, default=default("max_url_bytes", str(8 << 10)),
+                        help="longest request target (path and query); longer get 414 [KILN_MAX_URL_BYTES] (8 KiB)")
+    parser.add_argument("--max-header-bytes", type=int, default=default("max_header_bytes", str(32 << 10)),
+                        help="largest request head besides the URL (header lines, and chunked-body trailers); "
+                        "larger get 431 [KILN_MAX_HEADER_BYTES] (32 KiB)")
+    parser.add_argument("--max-headers", type=int, default=default("max_headers", "100"),
+                        help="most header fields in a request; more get 431 [KILN_MAX_HEADERS] (100)")
+    parser.add_argument("--request-timeout-s", type=float, default=default("request_timeout_s", "10"),
+                        help="a request's head must arrive within this, and its body never stall longer; else 408 "
+                        "and the connection is closed [KILN_REQUEST_TIMEOUT_S] (10)")
+    parser.add_argument("--keep-alive-timeout-s", type=float, default=default("keep_alive_timeout_s", "15"),
+                        help="how long an idle keep-alive connection is kept [KILN_KEEP_ALIVE_TIMEOUT_S] (15)")
+    parser.add_argument("--max-connections", type=int, default=default("max_connections", "1024"),
+                        help="open connections per worker process; past it the longest-idle one is closed, or "
+                        "the new one answered 503 [KILN_MAX_CONNECTIONS] (1024)")
     parser.add_argument("--batch-max-size", type=int, default=default("batch_max_size", "32"),
                         help="most rows in one micro-batch [KILN_BATCH_MAX_SIZE] (32)")
     parser.add_argument("--batch-max-latency-ms", type=float, default=default("batch_max_latency_ms", "1"),
@@ -119,8 +152,13 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         parser.error(f"--port {args.port} is not a TCP port")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    if args.max_body_bytes < 1:
-        parser.error("--max-body-bytes must be positive")
+    for flag in ("max_body_bytes", "max_elements", "max_string_length", "max_url_bytes", "max_header_bytes",
+                 "max_headers", "max_connections"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
+    for flag in ("request_timeout_s", "keep_alive_timeout_s"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
     if args.batch_max_size < 1:
         parser.error("--batch-max-size must be at least 1")
     if args.batch_max_latency_ms < 0:
@@ -128,6 +166,9 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
     sha = args.expected_sha256.strip().lower()
     if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
         parser.error(f"--expected-sha256 {args.expected_sha256!r} is not 64 hex digits")
+    card_sha = args.expected_card_sha256.strip().lower()
+    if card_sha and not re.fullmatch(r"[0-9a-f]{64}", card_sha):
+        parser.error(f"--expected-card-sha256 {args.expected_card_sha256!r} is not 64 hex digits")
     if "/" in args.name or not args.name.strip():
         parser.error(f"--name {args.name!r} must be a non-empty name without '/'")
 
@@ -139,10 +180,19 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         workers=args.workers,
         version=args.version or version_from_uri(args.model_uri),
         expected_sha256=sha,
+        expected_card_sha256=card_sha,
         allow_unsafe_formats=args.allow_unsafe_formats,
         runtime=args.runtime,
         cache_dir=args.cache_dir,
         max_body_bytes=args.max_body_bytes,
+        max_elements=args.max_elements,
+        max_string_length=args.max_string_length,
+        max_url_bytes=args.max_url_bytes,
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        request_timeout_s=args.request_timeout_s,
+        keep_alive_timeout_s=args.keep_alive_timeout_s,
+        max_connections=args.max_connections,
         batch_max_size=args.batch_max_size,
         batch_max_latency_ms=args.batch_max_latency_ms,
         graceful_timeout_s=args.graceful_timeout_s,

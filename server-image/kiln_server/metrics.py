@@ -9,6 +9,8 @@
                                                              buckets (le) at the training histogram's bin
                                                              edges from the model card, for drift (PSI)
     kiln_feature_missing_total{model,version,feature}        counter, missing (NaN/null) inputs
+    kiln_feature_nonfinite_total{model,version,feature}      counter, ±Infinity inputs, which are left out of
+                                                             kiln_feature_value (see FeatureStats.fold)
 
 With several worker processes, prometheus_client's multiprocess mode aggregates the
 standard metrics (PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import threading
 import time
@@ -31,6 +34,11 @@ import numpy as np
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 FOLD_ROWS = 2048
+SUM_MAX = 1e300  # |kiln_feature_value_sum| saturates here: finite values can still overflow a float sum
+
+
+def _saturate(x: float) -> float:
+    return min(max(x, -SUM_MAX), SUM_MAX)
 
 
 def training_edges(card: dict, feature: str) -> list[float]:
@@ -61,6 +69,7 @@ class FeatureStats:
         self.counts = [np.zeros(len(e) + 1, dtype=np.int64) for e in edges]
         self.sums = np.zeros(len(names), dtype=np.float64)
         self.missing = np.zeros(len(names), dtype=np.int64)
+        self.nonfinite = np.zeros(len(names), dtype=np.int64)
         self.pending: list[np.ndarray] = []
         self.pending_rows = 0
         self.dirty = False
@@ -90,13 +99,29 @@ class FeatureStats:
         if m.shape[1] != len(self.names):
             m = m[:, self.columns]
         m = m.astype(np.float64, copy=False)
-        nan = np.isnan(m)
-        self.missing += nan.sum(axis=0)
+        finite = np.isfinite(m)
+        if finite.all():
+            finite = None
+        else:
+            # ±Infinity is no draw from the feature's distribution (a client's overflow or division by
+            # zero, or a probe) and, in a cumulative sum, poisons the histogram for the life of the pod:
+            # +Inf then -Inf make _sum NaN, and the mean and anything derived from it with it. It is
+            # left out of the buckets and the sum, and counted on its own (kiln_feature_nonfinite_total),
+            # so it stays visible; rejecting it instead would change what the API accepts for a
+            # bookkeeping reason (the models take it, and a non-finite answer is refused anyway).
+            nan = np.isnan(m)
+            self.missing += nan.sum(axis=0)
+            self.nonfinite += (~finite & ~nan).sum(axis=0)
         for k, edges in enumerate(self.edges):
             col = m[:, k]
-            if nan[:, k].any():
-                col = col[~nan[:, k]]
-            self.sums[k] += col.sum()
+            if finite is not None and not finite[:, k].all():
+                col = col[finite[:, k]]
+            with np.errstate(over="ignore", invalid="ignore"):  # handled just below
+                total = float(col.sum())
+            if not math.isfinite(total):  # finite values near the float64 limit: clip so the sum cannot overflow
+                bound = SUM_MAX / max(len(col), 1)
+                total = float(np.clip(col, -bound, bound).sum())
+            self.sums[k] = _saturate(float(self.sums[k]) + total)
             if len(edges):
                 self.counts[k] += np.bincount(np.searchsorted(edges, col, side="left"), minlength=len(edges) + 1)
             else:
@@ -106,7 +131,8 @@ class FeatureStats:
         self.fold()
         return {
             name: {"edges": self.edges[k].tolist(), "counts": self.counts[k].tolist(),
-                   "sum": float(self.sums[k]), "missing": int(self.missing[k])}
+                   "sum": float(self.sums[k]), "missing": int(self.missing[k]),
+                   "nonfinite": int(self.nonfinite[k])}
             for k, name in enumerate(self.names)
         }
 
@@ -121,8 +147,9 @@ def merge(snapshots: list[dict]) -> dict:
                     out[name] = {**st, "counts": list(st["counts"])}
                 continue
             cur["counts"] = [a + b for a, b in zip(cur["counts"], st["counts"], strict=True)]
-            cur["sum"] += st["sum"]
+            cur["sum"] = _saturate(cur["sum"] + st["sum"])
             cur["missing"] += st["missing"]
+            cur["nonfinite"] = cur.get("nonfinite", 0) + st.get("nonfinite", 0)
     return out
 
 
@@ -145,14 +172,18 @@ class FeatureCollector:
         )
         missing = CounterMetricFamily("kiln_feature_missing", "Inputs received missing (null/NaN) per feature.",
                                       labels=labels)
+        nonfinite = CounterMetricFamily("kiln_feature_nonfinite", "Inputs received as +/-Infinity per feature, "
+                                        "left out of kiln_feature_value.", labels=labels)
         for name, st in self.source().items():
             cum = np.cumsum(st["counts"]).tolist()
             buckets = [(floatToGoString(e), cum[i]) for i, e in enumerate(st["edges"])]
             buckets.append(("+Inf", cum[-1]))
             hist.add_metric([self.model, self.version, name], buckets, st["sum"])
             missing.add_metric([self.model, self.version, name], st["missing"])
+            nonfinite.add_metric([self.model, self.version, name], st.get("nonfinite", 0))
         yield hist
         yield missing
+        yield nonfinite
 
 
 class Metrics:

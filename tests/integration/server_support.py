@@ -177,21 +177,31 @@ def free_port() -> int:
 class Server:
     """`python -m kiln_server` on a free loopback port; stopped (and reaped) by stop()."""
 
-    def __init__(self, model: str, name: str = "bc", *args: str, env: dict | None = None):
+    def __init__(self, model: str, name: str = "bc", *args: str, env: dict | None = None, log: Path | None = None):
         self.port = free_port()
         self.name = name
         self.argv = [sys.executable, "-m", "kiln_server", "--model", str(model), "--name", name,
                      "--port", str(self.port), "--host", "127.0.0.1", *args]
         self.env = {**os.environ, "KILN_LOG_LEVEL": "warning", **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self.log = log  # where stdout and stderr go; None: pipes, read at stop (a chatty server can fill them)
 
     def start(self, timeout: float = 30.0) -> Server:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if self.log is None:
+            out = err = subprocess.PIPE
+        else:
+            out = err = open(self.log, "ab")  # noqa: SIM115 - the child holds it; closed below
+        try:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=err)
+        finally:
+            if self.log is not None:
+                out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 out, err = self.proc.communicate()
-                raise RuntimeError(f"server exited {self.proc.returncode}: {err.decode()[-3000:]}")
+                text = err.decode() if err is not None else Path(self.log).read_text(errors="replace")
+                raise RuntimeError(f"server exited {self.proc.returncode}: {text[-3000:]}")
             with contextlib.suppress(OSError):
                 status, _ = self.request("GET", "/v2/health/ready", timeout=1)
                 if status == 200:
@@ -234,6 +244,66 @@ class Server:
                 self.proc.wait()
         self.proc.communicate()
         return self.proc.returncode
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """/proc/<pid>/status sizes in bytes: VmRSS (resident now), VmHWM (the peak so far), ... (Linux)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raw_exchange(port: int, chunks, timeout: float = 10.0,
+                 read_limit: int = 1 << 20) -> tuple[int | None, bytes, float]:
+    """Send chunks (bytes, or an iterable of them) on a fresh connection while reading the answer.
+
+    The answer is read concurrently so that a server refusing a request half-sent is heard even
+    when the rest of the sending fails (reset, broken pipe). Returns (status of the first response or
+    None, everything read until the server closed or `timeout` passed, seconds until then).
+    """
+    import threading
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if isinstance(chunks, bytes):
+        chunks = [chunks]
+
+    def write() -> None:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server closed: what it answered is what matters
+
+    t0 = time.monotonic()
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    data = b""
+    try:
+        while len(data) < read_limit:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:  # TimeoutError: the server neither answered nor closed; ConnectionResetError
+        pass
+    elapsed = time.monotonic() - t0
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the writer if it is blocked sending
+    sock.close()
+    writer.join(timeout)
+    status = None
+    if data.startswith(b"HTTP/1."):
+        with contextlib.suppress(IndexError, ValueError):
+            status = int(data.split(b" ", 2)[1])
+    return status, data, elapsed
 
 
 def infer(server: Server, body, path: str = "/v2/models/bc/infer"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kiln_contract.checksums import sha256_bytes
-from kiln_server.artifacts import choose, verify
+from kiln_server import artifacts
+from kiln_server.artifacts import choose, read_card, verify
 from kiln_server.errors import StartupError
 
 
@@ -44,3 +45,48 @@ def test_verify_checks_card_pin_and_size():
         verify(data, entry, "f" * 64, "m")
     with pytest.raises(StartupError, match="size mismatch"):
         verify(data, {**entry, "bytes": 3}, "", "m")
+
+
+def _version(tmp_path, card_bytes: bytes):
+    d = tmp_path / "v1"
+    d.mkdir()
+    (d / "modelcard.json").write_bytes(card_bytes)
+    return d
+
+
+def _card_bytes() -> bytes:
+    from kiln_contract import card as cards
+
+    body = {k: {} for k in cards.REQUIRED_KEYS}
+    body.update(artifacts=[], gates=[], task="classification", features={"names": ["a", "b"]})
+    return cards.dumps(body)
+
+
+def test_card_pin_is_checked_on_the_bytes_before_they_are_parsed(tmp_path):
+    data = _card_bytes()
+    d = _version(tmp_path, data)
+    pin = sha256_bytes(data)
+    card, _ = read_card(str(d), "", pin.upper())
+    assert card["features"]["names"] == ["a", "b"]
+    assert read_card(str(d), "", "")[0] == card  # no pin: as before
+    (d / "modelcard.json").write_bytes(data.replace(b'"a"', b'"c"'))
+    with pytest.raises(StartupError) as info:
+        read_card(str(d), "", pin)
+    message = str(info.value)
+    assert f"{d}/modelcard.json" in message and "--expected-card-sha256" in message and pin in message
+    assert sha256_bytes((d / "modelcard.json").read_bytes()) not in message  # the actual digest is not told
+    (d / "modelcard.json").write_bytes(b"\x00 not json at all")
+    with pytest.raises(StartupError, match="sha256 mismatch"):  # the pin speaks before the parser
+        read_card(str(d), "", pin)
+
+
+def test_card_pin_covers_the_bytes_downloaded_from_s3(tmp_path, monkeypatch):
+    data = _card_bytes()
+    served = {"card": data}
+    monkeypatch.setattr(artifacts, "_s3_get", lambda uri, name, local: served["card"])
+    pin = sha256_bytes(data)
+    card, local = read_card("s3://bucket/models/m/v1", str(tmp_path), pin)
+    assert card["features"]["names"] == ["a", "b"] and local == tmp_path
+    served["card"] = data.replace(b'"a"', b'"c"')
+    with pytest.raises(StartupError, match="s3://bucket/models/m/v1/modelcard.json.*--expected-card-sha256"):
+        read_card("s3://bucket/models/m/v1", str(tmp_path), pin)

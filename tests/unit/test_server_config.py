@@ -46,3 +46,37 @@ def test_bad_configuration_is_a_usage_error(argv, env):
 ])
 def test_version_from_uri(uri, version):
     assert version_from_uri(uri) == version
+
+
+def test_limits_from_flags_and_env_with_their_defaults():
+    cfg = parse(["--model", "/m", "--name", "n"], {})
+    assert (cfg.max_elements, cfg.max_string_length) == (1 << 20, 4096)
+    assert (cfg.max_url_bytes, cfg.max_header_bytes, cfg.max_headers) == (8 << 10, 32 << 10, 100)
+    assert (cfg.request_timeout_s, cfg.keep_alive_timeout_s, cfg.max_connections) == (10.0, 15.0, 1024)
+    assert cfg.expected_card_sha256 == ""
+    env = {"KILN_MAX_ELEMENTS": "500", "KILN_MAX_STRING_LENGTH": "16", "KILN_MAX_URL_BYTES": "1024",
+           "KILN_MAX_HEADER_BYTES": "2048", "KILN_MAX_HEADERS": "20", "KILN_REQUEST_TIMEOUT_S": "2.5",
+           "KILN_KEEP_ALIVE_TIMEOUT_S": "3", "KILN_MAX_CONNECTIONS": "64", "KILN_EXPECTED_CARD_SHA256": "CD" * 32}
+    cfg = parse(["--model", "/m", "--name", "n", "--max-headers", "30"], env)
+    assert (cfg.max_elements, cfg.max_string_length, cfg.max_url_bytes, cfg.max_header_bytes) == (500, 16, 1024, 2048)
+    assert (cfg.max_headers, cfg.request_timeout_s, cfg.keep_alive_timeout_s, cfg.max_connections) == (30, 2.5, 3, 64)
+    assert cfg.expected_card_sha256 == "cd" * 32
+    assert Config.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("argv", [
+    ["--expected-card-sha256", "123"],
+    ["--expected-card-sha256", "g" * 64],
+    ["--max-elements", "0"],
+    ["--max-string-length", "-1"],
+    ["--max-url-bytes", "0"],
+    ["--max-header-bytes", "0"],
+    ["--max-headers", "0"],
+    ["--max-connections", "0"],
+    ["--request-timeout-s", "0"],
+    ["--keep-alive-timeout-s", "-1"],
+])
+def test_bad_limits_are_usage_errors(argv):
+    with pytest.raises(SystemExit) as info:
+        parse(["--model", "/m", "--name", "n", *argv], {})
+    assert info.value.code == 2

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
-from kiln_server.decode import decode_v1, decode_v2, parse_json, typed_values
+from kiln_server.decode import Limits, decode_v1, decode_v2, parse_json, typed_values
 from kiln_server.errors import ClientError
 from kiln_server.schema import Schema
 
@@ -150,3 +152,109 @@ def test_parse_json_errors(body, words):
 
 def test_parse_json_accepts_python_nan_literals():
     assert np.isnan(parse_json(b'{"x": NaN}')["x"])
+
+
+# --- budgets and hostile payloads (issue #11) ------------------------------------------------------------------
+
+SMALL = Limits(max_elements=100, max_string_length=8)
+
+
+def matrix(data, shape, datatype="FP32", name="x") -> dict:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+@pytest.mark.parametrize("shape, words", [
+    ([40, 3], ["'x'", "120 values", "100", "KILN_MAX_ELEMENTS"]),
+    ([2 ** 62, 3], ["'x'", "KILN_MAX_ELEMENTS"]),
+    ([10 ** 300, 0], ["'x'", "KILN_MAX_ELEMENTS"]),  # refused before a product of huge integers is made
+])
+def test_element_budget_is_checked_from_the_shape_before_the_data(shape, words):
+    e = err(decode_v2, matrix([], shape), schema(), True, SMALL)
+    assert e.status == 413
+    assert all(w in e.message for w in words), e.message
+
+
+def test_element_budget_is_per_request_over_all_inputs():
+    inputs = [{"name": n, "shape": [40], "datatype": "FP32", "data": [1.0] * 40} for n in "abc"]
+    e = err(decode_v2, {"inputs": inputs}, schema(), True, SMALL)
+    assert e.status == 413 and "in all" in e.message and "'c'" in e.message
+    assert decode_v2({"inputs": inputs}, schema(), True, Limits(max_elements=120)).n == 40
+    e = err(decode_v1, {"instances": [[1, 2, 3]] * 34}, schema(), True, SMALL)
+    assert e.status == 413 and "'instances'" in e.message and "KILN_MAX_ELEMENTS" in e.message
+
+
+def test_strings_never_become_a_fixed_width_array():
+    """One long string among many short ones: numpy would allocate (count x longest x 4) bytes."""
+    data = ["x" * 1_000_000] + [""] * 99_999  # 400 GB as a numpy unicode array
+    t0 = time.monotonic()
+    e = err(decode_v2, matrix(data, [100_000]), schema(names=("x", "b", "c")), True, Limits())
+    assert e.status == 422 and "'x'" in e.message and "strings" in e.message
+    e = err(decode_v2, matrix(data, [1, 3]), schema(), True, Limits())  # shape first: nothing converted
+    assert e.status == 400 and "[1, 3] holds 3 values but data has 100000" in e.message
+    e = err(decode_v2, matrix(data, [25_000, 4], "BYTES"), schema(), True, Limits())
+    assert e.status == 422 and "numeric" in e.message
+    e = err(decode_v1, {"instances": [["x" * 1_000_000, "", ""]] + [["", "", ""]] * 30_000}, schema(), True, Limits())
+    assert e.status == 422 and "strings" in e.message
+    for v in (["1.5"] * 3, [["1.5", 2, 3]]):  # numbers as strings are refused, flat or nested
+        e = err(decode_v2, matrix(v, [1, 3]), schema())
+        assert e.status == 422 and "strings" in e.message
+    assert time.monotonic() - t0 < 2.0
+    assert all(len(m) < 300 for m in [e.message])
+
+
+def test_bytes_elements_have_a_length_limit():
+    s = schema(categorical=[False, True, False])
+    body = {"inputs": [{"name": "a", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+                       {"name": "b", "shape": [2], "datatype": "BYTES", "data": ["red", "y" * 9]},
+                       {"name": "c", "shape": [2], "datatype": "FP32", "data": [3, 4]}]}
+    e = err(decode_v2, body, s, True, SMALL)
+    assert e.status == 413
+    assert all(w in e.message for w in ("'b'", "element 1", "9 characters", "KILN_MAX_STRING_LENGTH"))
+    body["inputs"][1]["data"][1] = "y" * 8
+    assert decode_v2(body, s, True, SMALL).x[1].tolist() == ["red", "y" * 8]
+    e = err(decode_v1, {"instances": [{"a": 1, "b": "z" * 9, "c": 2}]}, s, True, SMALL)
+    assert e.status == 413 and "'b'" in e.message
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (matrix([1], [1] * 10, name="a"), 400, ["'a'", "10 dimensions", "at most 8"]),
+    (matrix([[1, 2, 3], [4, 5, 6], [7, 8, 9]], [1, 3]), 400, ["holds 3 values but data has 9", "[3, 3]"]),
+    (matrix([[1, 2], [3, 4], [5, 6]], [2, 3]), 400, ["nested as [3, 2]", "[2, 3]"]),
+    (matrix([[[1, 2, 3]]], [1, 3]), 400, ["nested as [1, 1, 3]"]),
+    ({"inputs": [{"name": n, "shape": [1], "datatype": "FP32", "data": [1]} for n in map(str, range(30))]},
+     422, ["30 tensors"]),
+    ({**matrix([1, 2, 3], [1, 3]), "outputs": [{"name": "label"}] * 17}, 400, ["17 outputs"]),
+])
+def test_declarations_are_checked_in_constant_time(body, status, words):
+    e = err(decode_v2, body, schema())
+    assert e.status == status and all(w in e.message for w in words), e.message
+
+
+def test_client_given_names_are_cut_short_in_messages():
+    name = "n" * 100_000
+    e = err(decode_v2, matrix([1, 2], [1, 2], name=name), schema())
+    assert e.status == 422 and len(e.message) < 400 and "100000 characters" in e.message
+    inputs = [{"name": f"{k}" * 5000, "shape": [1], "datatype": "FP32", "data": [1]} for k in range(10)]
+    inputs.append({"name": "a", "shape": [1], "datatype": "FP32", "data": [1]})
+    e = err(decode_v2, {"inputs": inputs}, schema())
+    assert e.status == 422 and "unknown feature" in e.message and len(e.message) < 2000
+    deep = [1]
+    for _ in range(5000):  # a repr() of this would overflow the stack
+        deep = [deep]
+    e = err(decode_v2, {"inputs": [{"name": "a", "shape": [deep], "datatype": "FP32", "data": []}]}, schema())
+    assert e.status == 400 and "an array of 1 item(s)" in e.message
+
+
+def test_fast_paths_agree_with_the_slow_one():
+    for data, datatype in [([1, 2.5, -3], "FP32"), ([1.0, None, 3.0], "FP64"), ([5, 6, 2 ** 63 + 1], "UINT64"),
+                           ([5.0, 6.0, 7.0], "INT64"), ([[1, 2, 3]], "FP64"), ([True, False, True], "BOOL")]:
+        shape = [1, 3]
+        x = decode_v2(matrix(data, shape, datatype), schema(nan_ok=[True] * 3)).x
+        assert x.shape == (1, 3) and x.dtype == np.float32 and x.flags.writeable
+        flat = np.asarray(data, dtype=object).reshape(-1)
+        expected = [np.nan if v is None else float(v) for v in flat]
+        np.testing.assert_allclose(x.reshape(-1), np.asarray(expected, dtype=np.float32), equal_nan=True)
+    e = err(decode_v2, matrix([1.0, True, 3.0], [1, 3]), schema())
+    assert e.status == 422 and "element 1 is a boolean" in e.message
+    e = err(decode_v2, matrix([1, 2, 10 ** 400], [1, 3], "FP32"), schema())
+    assert e.status == 422 and "element 2" in e.message and "out of range" in e.message

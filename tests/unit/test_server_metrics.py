@@ -31,7 +31,7 @@ def test_feature_stats_bucket_like_prometheus_le():
     snap = stats.snapshot()
     # le=0 -> {-5, 0}; le=1 -> {0.5, 1}; le=2 -> {}; +Inf -> {7}
     assert snap["a"]["counts"] == [2, 2, 0, 1] and snap["a"]["sum"] == pytest.approx(3.5)
-    assert snap["b"] == {"edges": [], "counts": [4], "sum": 12.0, "missing": 1}
+    assert snap["b"] == {"edges": [], "counts": [4], "sum": 12.0, "missing": 1, "nonfinite": 0}
 
 
 def test_snapshots_of_workers_merge_and_render_as_one_histogram():
@@ -155,3 +155,21 @@ def test_fast_models_run_directly_and_slow_ones_queue():
     assert info.value.status == 422 and b.arriving == 0
     b.seed(0.002)  # a 2-ms model: through the queue, so requests that pile up are batched
     assert not b.can_run_now()
+
+
+def test_infinity_is_counted_apart_and_never_poisons_the_sum():
+    stats = FeatureStats(["a"], [0], [[0.0, 1.0]])
+    stats.add(np.array([[0.5], [np.inf], [-np.inf], [np.nan], [2.0]]))
+    snap = stats.snapshot()["a"]
+    assert snap["counts"] == [0, 1, 1] and snap["sum"] == pytest.approx(2.5)
+    assert snap["missing"] == 1 and snap["nonfinite"] == 2
+    # Finite values near the float64 limit: the sum saturates instead of overflowing to inf (then NaN).
+    stats.add(np.array([[1.7e308], [1.7e308], [-1.7e308]]))
+    stats.add(np.array([[-1.7e308], [-1.7e308]]))
+    total = stats.snapshot()["a"]["sum"]
+    assert np.isfinite(total)
+    merged = merge([stats.snapshot(), stats.snapshot()])
+    assert np.isfinite(merged["a"]["sum"]) and merged["a"]["nonfinite"] == 4
+    fams = {f.name: f for f in FeatureCollector("m", "1", lambda: merged).collect()}
+    assert fams["kiln_feature_nonfinite"].samples[0].value == 4
+    assert fams["kiln_feature_value"].samples[-1].value == merged["a"]["sum"]  # _sum, finite
