@@ -19,18 +19,16 @@ from pathlib import Path
 
 import pytest
 from chart_scripts import load as load_chart_script
-from kube_helpers import wait_until
+from kube_helpers import create, get, wait_until
 from kubernetes import client
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e '.[dev]')")
 
 REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION = "kiln.dev", "v1alpha1"
 NS = "kiln-system"
 SA = f"system:serviceaccount:{NS}:kiln-operator"
 GATEWAY_SA = f"system:serviceaccount:{NS}:kiln-gateway"
-
 
 
 chart = load_chart_script("render")
@@ -46,15 +44,6 @@ def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subproc
         return local.kubectl(*args, check=check)
     return subprocess.run([controlplane.binary("kubectl") or "kubectl", f"--kubeconfig={KUBECONFIG}", *args],
                           input=stdin, text=True, capture_output=True, check=check)
-
-
-def create(custom, ns, plural, kind, name, spec):
-    custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
-
-
-def get(custom, ns, plural, name):
-    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
 
 
 def component_pods(core, component: str) -> list[client.V1Pod]:

@@ -12,9 +12,9 @@ import time
 import uuid
 
 import pytest
-from kube_helpers import wait_until
+from kube_helpers import GROUP, VERSION, wait_until
 from kubernetes import client
-from test_gateway_cluster import GROUP, ROWS, VERSION, request, serve_iris, status_of
+from test_gateway_cluster import ROWS, request, serve_iris, status_of
 
 from kiln_local import cluster as local
 from kiln_local.gateway_client import infer

@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 import pytest
-from kube_helpers import wait_until
+from kube_helpers import GROUP, VERSION, create, wait_until
 from kubernetes import client
 
 from kiln_local import cluster as local
@@ -24,7 +24,6 @@ from kiln_local.gateway_client import Load, auth_headers, infer
 
 pytestmark = pytest.mark.integration
 
-GROUP, VERSION = "kiln.dev", "v1alpha1"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]  # one of each species
 
 
@@ -69,11 +68,6 @@ def held(path: str, token: str | None = None) -> socket.socket:
     auth = "".join(f"{k}: {v}\r\n" for k, v in auth_headers(token).items())
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n{auth}\r\n".encode())
     return sock
-
-
-def create(custom, ns, plural, kind, name, spec):
-    custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
 
 
 def status_of(custom, ns, plural, name) -> dict:
@@ -203,7 +197,6 @@ def test_steady_load_through_the_gateway_while_the_operator_restarts_twice(gatew
     assert load.ok > 200, load.ok
     after = status_of(custom, kiln_ns, "deployments", "iris")
     assert after["replicas"] == before["replicas"] and server_replicas() == servers, (after, server_replicas())
-
 
 
 def test_a_deployment_scaled_to_zero_is_woken_by_the_first_request(gateway, custom, core, kiln_ns):

@@ -5,23 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from kube_helpers import wait_until
+from kube_helpers import GROUP, VERSION, create, get, wait_until
 from kubernetes import client
 
 from kiln_local.gateway_client import Load, infer
 
 pytestmark = pytest.mark.integration
-
-GROUP, VERSION = "kiln.dev", "v1alpha1"
-
-
-def create(custom, ns, plural, kind, name, spec):
-    custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
-
-
-def get(custom, ns, plural, name):
-    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
 
 
 def train(custom, ns, name, model="iris", algorithm=None, formats=("onnx", "joblib")) -> int:

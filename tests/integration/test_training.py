@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from kube_helpers import wait_until
+from kube_helpers import GROUP, VERSION, create, get, wait_until
 from kubernetes import client
 
 pytestmark = pytest.mark.integration
 
-GROUP, VERSION = "kiln.dev", "v1alpha1"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -20,15 +19,6 @@ def kubectl(*args: str) -> str:
     from kiln_local.cluster import kubectl as run
 
     return run(*args).stdout
-
-
-def get(custom, ns, plural, name) -> dict:
-    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
-
-
-def create(custom, ns, plural, kind, name, spec) -> None:
-    custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
 
 
 def finished(custom, ns, name, timeout=180) -> dict:
