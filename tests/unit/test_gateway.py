@@ -620,7 +620,8 @@ def test_bodies_beyond_the_limit_are_refused_before_they_are_read():
                 # a chunked body announces no length: it is cut off as it is read
                 reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
                 chunk = b"x" * 600
-                writer.write(b"POST /ml/iris/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+                writer.write(b"POST /ml/iris/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+                             b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
                              + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 3 + b"0\r\n\r\n")
                 raw = await asyncio.wait_for(reader.read(200), 5)
                 assert raw.startswith(b"HTTP/1.1 413"), raw
@@ -1143,3 +1144,20 @@ def test_auth_none_lets_everyone_through_and_forwards_their_headers(monkeypatch)
     monkeypatch.setenv("KILN_GATEWAY_AUTH", "off")  # a typo stops the gateway instead of opening it
     with pytest.raises(ValueError, match="KILN_GATEWAY_AUTH"):
         config.load()
+
+
+def test_a_request_without_a_credential_is_refused_on_its_head_before_its_body_is_read():
+    """The head announces a body that never comes whole: the 401 must not wait for it (nor for body_timeout)."""
+    async def scenario():
+        async with FakeApi() as api:
+            api.emit("deployments", "ADDED", kdep("iris"))
+            async with gateway(api, body_timeout=30, max_body=1 << 20) as gw:
+                reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+                writer.write(b"POST /ml/iris/v2/models/iris/infer HTTP/1.1\r\nHost: gw\r\n"
+                             b"Content-Length: 4096\r\n\r\n" + b"x" * 1024)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                writer.close()
+                assert head.startswith(b"HTTP/1.1 401") and b'WWW-Authenticate: Bearer realm="kiln-gateway"' in head
+                assert api.reviews == []
+
+    run(scenario())

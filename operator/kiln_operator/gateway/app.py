@@ -45,7 +45,8 @@ class Gateway:
         self.watches: list[Watch] = []
         self.stopping = False
         self._tasks: list[asyncio.Task] = []
-        self._connections = Connections(Limits(max_body=settings.max_body, body_timeout=settings.body_timeout))
+        self._connections = Connections(Limits(max_body=settings.max_body, body_timeout=settings.body_timeout,
+                                               screen=self.proxy.screen))
         self._listener: asyncio.AbstractServer | None = None
         self._admin: web.AppRunner | None = None
         self._api = None

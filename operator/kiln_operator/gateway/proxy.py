@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from kiln_operator.gateway import metrics, routing, upstream
 from kiln_operator.gateway.config import Settings
 from kiln_operator.gateway.endpoints import Endpoints, Key
-from kiln_operator.gateway.server import Request, Response, json_response
+from kiln_operator.gateway.server import Headers, Request, Response, json_response
 from kiln_operator.gateway.waiting import Waiters
 from kiln_operator.gateway.wake import Waker
 
@@ -64,6 +64,21 @@ class Proxy:
         self.auth = auth
         # The caller's token is a credential for the gateway, not for the model code in the pod: never forwarded.
         self.drop_headers = routing.HOP_BY_HOP | {b"authorization"}
+
+    def screen(self, target: bytes, headers: Headers) -> tuple[int, str, Headers] | None:
+        """On the request's head, before its body is read: a request to a routable name without a usable
+        credential is refused here, as _answer would refuse it, so an anonymous client cannot make the gateway
+        buffer a body. Junk routes pass: _answer gives them their 404 without an API call either way."""
+        if self.auth is None:
+            return None
+        route = routing.split(target)
+        if route is None or not (self.table.exists(route[:2]) or routing.valid(*route[:2])):
+            return None
+        try:
+            self.auth.bearer(headers)
+        except Refusal as refusal:
+            return refusal.status, refusal.message, refusal.headers
+        return None
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -52,6 +52,9 @@ class Limits:
     max_body: int = 16 * 1024 * 1024
     body_timeout: float = 30.0
     idle_timeout: float = 75.0
+    # screen(target, headers) → None, or (status, message, headers) to refuse a request on its head alone,
+    # before a byte of its body is read (the gateway: no credential, no body).
+    screen: Callable[[bytes, Headers], tuple[int, str, Headers] | None] | None = None
 
 
 class Connections:
@@ -89,10 +92,11 @@ class Connections:
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: Headers = ()):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def json_response(status: int, message: str, extra: Headers = ()) -> Response:
@@ -159,7 +163,7 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             reject = exc.__context__
             if isinstance(reject, _Reject):
-                self._refuse(reject.status, reject.message)
+                self._refuse(reject.status, reject.message, reject.headers)
             else:
                 log.error("parser callback failed", exc_info=reject)
                 self._refuse(500, "the gateway failed to read the request")
@@ -199,6 +203,8 @@ class HttpProtocol(asyncio.Protocol):
                 chunked = True
         if length is not None and length > self.limits.max_body:
             raise _Reject(413, f"request body of {length} bytes is larger than {self.limits.max_body}")
+        if self.limits.screen is not None and (refusal := self.limits.screen(self._url, self._headers)):
+            raise _Reject(*refusal)
         if expect and (chunked or length):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -258,11 +264,12 @@ class HttpProtocol(asyncio.Protocol):
             parts.append(body)
         self.transport.writelines(parts)
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Refuse what the client is sending (too large, malformed) and close: its framing cannot be trusted."""
+    def _refuse(self, status: int, message: str, extra: Headers = ()) -> None:
+        """Refuse what the client is sending (too large, malformed, no credential) and close: the rest of it is
+        not read, so the connection's framing cannot be trusted."""
         self.closing = True
         if self.task is None and not self.queue:
-            code, headers, body = json_response(status, message)
+            code, headers, body = json_response(status, message, extra)
             self._write(code, headers, body, False, False)
         self.transport.close()
 
