@@ -17,9 +17,18 @@ artifacts against it. Keys every card carries:
     signature  how to call the ONNX artifact (absent when there is none):
                {"inputs":  [{"name", "datatype": "FP32"|"BYTES", "shape": [-1, n]}],
                 "outputs": {"label": <onnx output name>, "probabilities": <name, classifiers>}}
-               All-numeric features: ONE input named "input", FP32 [-1, len(features.names)],
+               All-numeric features: ONE input named "input", FP32 or FP64 [-1, len(features.names)],
                columns in features.names order. With categorical features: one input per
-               raw column, named as the column, shape [-1, 1], FP32 or BYTES.
+               raw column, shape [-1, 1], FP32/FP64 or BYTES, carrying `"feature": <the raw
+               column's name>`; the input's ONNX `name` is onnx_input_name(position, column)
+               (the column's own name when it is a plain identifier). Servers answer to the
+               `feature` names; a card without `feature` keys names inputs as the columns.
+    createdAt  ISO 8601 UTC time the version was trained (CREATED_AT; the one key for it)
+    exportWithheld  {format: reason} for every format the spec asked for (spec.export.formats)
+               that this version does not carry (WITHHELD_KEY; {} when none): e.g. ONNX that
+               cannot be converted or does not match scikit-learn. The operator raises a
+               condition from it.
+    mainMetric {name, value, lowerIsBetter}: the deciding metric (kiln_contract.metrics)
 
 features.distributions, per raw feature, is the training reference a drift check compares
 serving traffic with (the trainer writes it, the server buckets live inputs by its edges):
@@ -39,6 +48,7 @@ raw values and nothing else.
 from __future__ import annotations
 
 import json
+import re
 
 REQUIRED_KEYS = (
     "metrics", "gates", "params", "artifacts", "dataset", "features",
@@ -48,6 +58,13 @@ ARTIFACT_KEYS = ("file", "format", "sha256", "bytes")
 # Formats whose loading can execute code; refused unless explicitly allowed.
 UNSAFE_FORMATS = frozenset({"joblib", "pkl"})
 FORMAT_FILES = {"onnx": "model.onnx", "joblib": "model.joblib", "pkl": "model.pkl"}
+CREATED_AT = "createdAt"
+WITHHELD_KEY = "exportWithheld"
+# Names an ONNX graph of a Pipeline uses for its own outputs and steps: never an input's name.
+RESERVED_INPUT_NAMES = frozenset({"input", "label", "probabilities", "variable", "output_label",
+                                  "output_probability", "scores"})
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
 
 
 class CardError(ValueError):
@@ -83,3 +100,58 @@ def artifact(card: dict, fmt: str) -> dict | None:
 
 def gates_passed(card: dict) -> bool:
     return all(g.get("passed") for g in card.get("gates", []))
+
+
+def onnx_input_name(position: int, column: str) -> str:
+    """The ONNX input name of raw column `column` at `position` (0-based) in features.names.
+
+    The column's own name when it is a plain identifier of at most 64 characters and not reserved;
+    otherwise "c<position>_" + the name with every other character replaced by "_", cut to 40
+    characters. The position makes names unique even when two columns sanitise alike ("a b", "a/b").
+    """
+    if _IDENTIFIER.fullmatch(column) and column not in RESERVED_INPUT_NAMES:
+        return column
+    return f"c{position}_{_NOT_IDENTIFIER.sub('_', column)[:40]}"
+
+
+def onnx_input_names(columns: list[str]) -> list[str]:
+    """onnx_input_name for each column; a plain name that another column's generated name
+    happens to equal gets the generated form too, so the names are always distinct."""
+    names = [onnx_input_name(i, c) for i, c in enumerate(columns)]
+    while len(set(names)) != len(names):
+        seen: dict[str, int] = {}
+        for i, n in enumerate(names):
+            if n in seen:
+                # the column keeping its own name gives way to the generated form
+                j = i if names[i] == columns[i] else seen[n]
+                names[j] = f"c{j}_{_NOT_IDENTIFIER.sub('_', columns[j])[:40]}"
+                if names[j] == columns[j]:  # the column is literally named like a generated name
+                    names[j] = f"c{j}__{_NOT_IDENTIFIER.sub('_', columns[j])[:39]}"
+                break
+            seen[n] = i
+    return names
+
+
+def input_features(card: dict) -> dict[str, str]:
+    """{ONNX input name: raw column} from a card's signature (identity for older cards)."""
+    out = {}
+    for inp in (card.get("signature") or {}).get("inputs") or []:
+        name = inp.get("name")
+        if isinstance(name, str):
+            out[name] = inp.get("feature", name)
+    return out
+
+
+def created_at(card: dict) -> str | None:
+    """When the version was trained: `createdAt` (cards of early versions wrote `created`)."""
+    return card.get(CREATED_AT) or card.get("created")
+
+
+def withheld_formats(card: dict) -> dict[str, str]:
+    """{format: reason} for each requested format this version lacks (see WITHHELD_KEY)."""
+    value = card.get(WITHHELD_KEY)
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    # cards written before the key: an export entry with status "unavailable"
+    return {fmt: str(e.get("reason", "")) for fmt, e in (card.get("export") or {}).items()
+            if isinstance(e, dict) and e.get("status") == "unavailable"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -15,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from kiln_contract import MODEL_CARD, card, checksums, storage
 from kiln_contract import fetch as remote
+from kiln_operator import registry
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,10 @@ def _model_dirs(storage_uri: str) -> set[str]:
 STORED = StoredModels()
 
 
-def list_cards(storage_uri: str, model: str) -> dict[int, tuple[str, StoredCard]]:
-    """Every committed version of a model in storage: {version: (prefix uri, stored card)}."""
+def list_cards(storage_uri: str, model: str, skip: set[int] | frozenset = frozenset()
+               ) -> dict[int, tuple[str, StoredCard]]:
+    """Every committed version of a model in storage: {version: (prefix uri, stored card)}; the cards of
+    versions in `skip` (already known from the history index) are not read."""
     base = storage.parse_s3(storage_uri).child(model)
     s3 = storage.s3_client()
     found: dict[int, tuple[str, dict]] = {}
@@ -88,13 +92,86 @@ def list_cards(storage_uri: str, model: str) -> dict[int, tuple[str, StoredCard]
     for page in pages:
         for common in page.get("CommonPrefixes", []):
             match = _VERSION_DIR.search(common["Prefix"])
-            if not match:
+            if not match or int(match.group(1)) in skip:
                 continue
             prefix = f"s3://{base.bucket}/{common['Prefix'].rstrip('/')}"
             found_card = read_card(prefix)
             if found_card is not None:  # a prefix without a card is an unfinished upload
                 found[int(match.group(1))] = (prefix, found_card)
     return found
+
+
+# --- the history index: Model versions that left status (registry.to_history) ------------------------
+HISTORY_DIR = "index"
+_HISTORY_PAGE = re.compile(r"/versions-(\d+)\.json$")
+
+
+def history_uri(storage_uri: str, model: str) -> str:
+    return storage.parse_s3(storage_uri).child(model, HISTORY_DIR).uri + "/"
+
+
+def _page_location(storage_uri: str, model: str, page: int):
+    return storage.parse_s3(storage_uri).child(model, HISTORY_DIR, f"versions-{page:05d}.json")
+
+
+def _read_page(storage_uri: str, model: str, page: int) -> list[dict]:
+    loc = _page_location(storage_uri, model, page)
+    try:
+        body = storage.s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return []
+        raise
+    return list(json.loads(body).get("versions") or [])
+
+
+def read_history(storage_uri: str, model: str, numbers: set[int] | None = None) -> dict[int, dict]:
+    """{version: entry} from the history index: every index object, or only those holding `numbers`."""
+    if numbers is not None:
+        pages = registry.history_pages(numbers)
+    else:
+        base = storage.parse_s3(history_uri(storage_uri, model))
+        pages = set()
+        for listing in storage.s3_client().get_paginator("list_objects_v2").paginate(Bucket=base.bucket,
+                                                                                    Prefix=base.key):
+            for obj in listing.get("Contents", []):
+                match = _HISTORY_PAGE.search(obj["Key"])
+                if match:
+                    pages.add(int(match.group(1)))
+    out = {}
+    for page in sorted(pages):
+        out.update({int(v["version"]): v for v in _read_page(storage_uri, model, page)})
+    return out if numbers is None else {n: v for n, v in out.items() if n in numbers}
+
+
+def write_history(storage_uri: str, model: str, entries: list[dict], known: dict | None) -> dict:
+    """Write entries into their index objects; returns the new status.history ({uri, count, highest}).
+
+    Each index object is read, merged and written whole: an S3 PUT replaces an object atomically, so a
+    reader sees the old or the new one. Only the operator's Model reconcile writes here (one per Model
+    at a time). `known`: the status.history before, whose count is carried on; without it every index
+    object is read to count.
+    """
+    s3 = storage.s3_client()
+    known = known or {}
+    count = known.get("count") if known.get("uri") else None
+    if count is None:
+        existing = read_history(storage_uri, model)
+        count = len(existing)
+    added = 0
+    for page in sorted(registry.history_pages(v["version"] for v in entries)):
+        mine = [v for v in entries if registry.history_pages([v["version"]]) == {page}]
+        before = _read_page(storage_uri, model, page)
+        merged = registry.merge_history(before, mine)
+        added += len(merged) - len(before)
+        if merged == before:
+            continue
+        loc = _page_location(storage_uri, model, page)
+        body = json.dumps({"model": model, "page": page, "versions": merged}, sort_keys=True,
+                          separators=(",", ":")).encode()
+        s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, ContentType="application/json")
+    highest = max([v["version"] for v in entries] + [known.get("highest") or 0])
+    return {"uri": history_uri(storage_uri, model), "count": count + added, "highest": highest}
 
 
 def fetch(uri: str, dest: Path, sha256: str | None = None) -> None:
@@ -154,7 +231,7 @@ def import_external(entry: dict, prefix: str, model: str, version: int, now: str
                            "bytes": local.stat().st_size}],
             "dataset": {}, "features": {}, "libraries": {}, "spec": {"external": entry}, "timings": {},
             "device": {}, "task": entry.get("task"), "source": "external", "model": model, "version": version,
-            "created": now,
+            card.CREATED_AT: now,
         }
         s3 = storage.s3_client()
         loc = storage.parse_s3(prefix)

@@ -63,7 +63,23 @@ def settle(model: dict, status: dict, users: list[dict]) -> dict:
         message = f"production is version {served}" if served else "no production version yet"
         status["conditions"] = conditions.set_condition(status.get("conditions"), "Ready", True, "Reconciled",
                                                         message, generation)
+    status["conditions"] = _metric_condition(spec, status, generation)
     return status
+
+
+def _metric_condition(spec: dict, status: dict, generation: int | None) -> list[dict]:
+    """PromotionMetricValid, for auto promotion once a version says its task: False (and the task's default
+    decides) when promotion.metric is not one the task computes."""
+    current = [c for c in status.get("conditions") or [] if c.get("type") != "PromotionMetricValid"]
+    task = next((v.get("task") for v in reversed(status.get("versions") or []) if v.get("task")), None)
+    if (spec.get("promotion") or {}).get("policy") != "auto" or task is None:
+        return current
+    metric, _, problem = registry.promotion_metric(spec, task)
+    if problem:
+        return conditions.set_condition(status.get("conditions"), "PromotionMetricValid", False,
+                                        "MetricNotForTask", f"spec.promotion.metric: {problem}", generation)
+    return conditions.set_condition(status.get("conditions"), "PromotionMetricValid", True, "MetricFound",
+                                    f"{task} versions are compared by {metric}", generation)
 
 
 def _write(model: dict, change, written: list[dict]):
@@ -139,9 +155,41 @@ def reconcile(world: ModelWorld, cfg: Settings) -> Result:
         current = out.written[-1] if out.written else model
         _external(current, i, entry, store, world, out)
     current = out.written[-1] if out.written else model
-    _write(current, lambda st, obj: (settle(obj, st, world.users), None), out.written)
+    back = _wanted_from_history(current, store, world.users)
+    _write(current, lambda st, obj: (settle(obj, registry.restored(st, back), world.users), None), out.written)
+    _move_to_history(out.written[-1] if out.written else current, store, cfg, world.users, out)
     out.acted = bool(out.written)
     return out
+
+
+def _wanted_from_history(model: dict, store: str, users: list[dict]) -> list[dict]:
+    """Entries the history index holds that status needs again: an alias pins them or a Deployment uses them."""
+    status = model.get("status") or {}
+    history = status.get("history") or {}
+    if not history.get("count"):
+        return []
+    pins = set(((model.get("spec") or {}).get("aliases") or {}).values())
+    wanted = {n for n in pins | versions_in_use(model["metadata"]["name"], users) if n <= history.get("highest", 0)}
+    missing = wanted - {v["version"] for v in status.get("versions") or []}
+    return list(artifacts.read_history(store, model["metadata"]["name"], missing).values()) if missing else []
+
+
+def _move_to_history(model: dict, store: str, cfg: Settings, users: list[dict], out: Result,
+                     slack: int | None = None) -> None:
+    """Keep status small: entries beyond the newest cfg.status_versions go to the storage index first,
+    then leave status (never Pending ones, nor what an alias or a Deployment uses)."""
+    status = model.get("status") or {}
+    in_use = versions_in_use(model["metadata"]["name"], users)
+    moved = registry.to_history(status, cfg.status_versions, registry.protected_versions(status, in_use), slack)
+    if not moved:
+        return
+    history = artifacts.write_history(store, model["metadata"]["name"], moved, status.get("history"))
+
+    def change(current, obj):
+        still_free = [v for v in moved if v["version"] not in registry.protected_versions(current, in_use)]
+        return registry.moved_out(current, still_free, **history), None
+
+    _write(model, change, out.written)
 
 
 def adopt_storage(model: dict, cfg: Settings, users: list[dict], out: Result) -> None:
@@ -155,16 +203,27 @@ def adopt_storage(model: dict, cfg: Settings, users: list[dict], out: Result) ->
     store = storage_of(model, cfg)
     if not status.get("versions") and not status.get("latestVersion") and \
             artifacts.STORED.holds(store, model["metadata"]["name"]):
-        _rebuild(model, store, users, out)
+        _rebuild(model, store, users, out, cfg)
 
 
-def _rebuild(model: dict, store: str, users: list[dict], out: Result) -> None:
+def _rebuild(model: dict, store: str, users: list[dict], out: Result, cfg: Settings) -> None:
+    """Status from storage: the history index as recorded, plus the cards of versions it does not hold."""
     name = model["metadata"]["name"]
-    found = artifacts.list_cards(store, name)
-    if not found:
+    history = artifacts.read_history(store, name)
+    found = artifacts.list_cards(store, name, skip=set(history))
+    if not found and not history:
         return
     rebuilt = registry.rebuild(model.get("spec") or {},
-                               {v: (uri, s.card, s.sha256) for v, (uri, s) in found.items()}, conditions.now())
+                               {v: (uri, s.card, s.sha256) for v, (uri, s) in found.items()}, conditions.now(),
+                               history)
+    # Only what status keeps is written to the API server: thousands of versions would exceed its size limit.
+    in_use = versions_in_use(name, users)
+    moved = registry.to_history(rebuilt, cfg.status_versions, registry.protected_versions(rebuilt, in_use), 0)
+    if moved:
+        index = artifacts.write_history(store, name, moved, {"uri": artifacts.history_uri(store, name),
+                                                               "count": len(history),
+                                                               "highest": max(history, default=0)})
+        rebuilt = registry.moved_out(rebuilt, moved, **index)
 
     def adopt(current, obj):
         if current.get("versions"):
@@ -172,7 +231,7 @@ def _rebuild(model: dict, store: str, users: list[dict], out: Result) -> None:
         return settle(obj, {**current, **rebuilt}, users), True
 
     if _write(model, adopt, out.written):
-        out.events.append(("Normal", "Rebuilt", f"rebuilt {len(found)} versions from {store}/{name}"))
+        out.events.append(("Normal", "Rebuilt", f"rebuilt {len(found) + len(history)} versions from {store}/{name}"))
 
 
 def _check_sources(model: dict, cfg: Settings) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import copy
 
 from kiln_contract import card as cards
+from kiln_contract import metrics as deciding
 
 COMMITTED = ("Registered", "Rejected", "Archived")
+# Versions per history index object in storage (status.history): ~1.7 KB each, so an object stays under 1 MB.
+HISTORY_PAGE = 500
 
 
 def versions(status: dict) -> list[dict]:
@@ -28,7 +31,8 @@ def reserve(status: dict, run: str, training_job: str, now: str) -> tuple[dict, 
     for v in versions(status):
         if v.get("run") == run:
             return status, v["version"]
-    number = max([v["version"] for v in versions(status)] + [status.get("latestVersion") or 0]) + 1
+    number = max([v["version"] for v in versions(status)] + [status.get("latestVersion") or 0,
+                                                               (status.get("history") or {}).get("highest") or 0]) + 1
     entry = {"version": number, "state": "Pending", "run": run, "created": now}
     if training_job:  # the API server turns "" into null, which the schema refuses
         entry["trainingJob"] = training_job
@@ -66,6 +70,7 @@ def commit(status: dict, version: int, card: dict, uri: str, now: str, card_sha2
         "dataset": {k: dataset.get(k) for k in ("uri", "sha256", "rows") if k in dataset},
         "libraries": card.get("libraries", {}),
         "task": card.get("task"),
+        "withheld": cards.withheld_formats(card) or None,
         "committed": now,
     }
     entry.update({k: v for k, v in facts.items() if v is not None})
@@ -90,27 +95,51 @@ def _metric(entry: dict, metric: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def promotion_metric(spec: dict, task: str | None) -> tuple[str, bool, str | None]:
+    """(metric, higher is better, problem) for auto promotion: the one place that decides it.
+
+    promotion.metric when the task computes it, else the task's default (accuracy for classification,
+    r2 for regression) with `problem` saying why; higherIsBetter when given, else by the metric.
+    """
+    promotion = spec.get("promotion") or {}
+    configured = promotion.get("metric")
+    if task in deciding.DEFAULT_METRIC:
+        metric, problem = deciding.deciding_metric(task, configured)
+    else:  # a bring-your-own version that names no task: what was asked, or accuracy
+        metric, problem = configured or "accuracy", None
+    higher = promotion.get("higherIsBetter")
+    if higher is None or problem:
+        higher = not deciding.lower_is_better(metric)
+    return metric, bool(higher), problem
+
+
+def _beats(spec: dict, entry: dict, current: dict | None) -> bool:
+    """Whether auto promotion moves production from current to entry."""
+    promotion = spec.get("promotion") or {}
+    if promotion.get("policy", "manual") != "auto" or entry is None or entry["state"] != "Registered":
+        return False
+    if current is None or current is entry:
+        return True
+    metric, higher, _ = promotion_metric(spec, entry.get("task"))
+    new, old = _metric(entry, metric), _metric(current, metric)
+    if new is None:
+        return False
+    if old is None:
+        return True
+    gain = (new - old) if higher else (old - new)
+    # "Beats" means strictly better, and by at least minImprovement.
+    return gain > 0 and gain >= promotion.get("minImprovement", 0)
+
+
 def promote(spec: dict, status: dict, version: int) -> tuple[dict, bool]:
     """Auto policy: production moves to version when it passed its gates and beats the current one."""
     status = copy.deepcopy(status)
-    promotion = spec.get("promotion") or {}
     entry = find(status, version)
-    if promotion.get("policy", "manual") != "auto" or entry is None or entry["state"] != "Registered":
-        return status, False
-    auto = status.setdefault("autoAliases", {})
+    auto = status.get("autoAliases") or {}
     current = find(status, auto["production"]) if "production" in auto else None
-    metric = promotion.get("metric", "accuracy")
-    new = _metric(entry, metric)
-    if current is not None and current is not entry:
-        old = _metric(current, metric)
-        if new is None:
-            return status, False
-        if old is not None:
-            gain = (new - old) if promotion.get("higherIsBetter", True) else (old - new)
-            # "Beats" means strictly better, and by at least minImprovement.
-            if gain <= 0 or gain < promotion.get("minImprovement", 0):
-                return status, False
-    auto["production"] = version
+    if not _beats(spec, entry, current):
+        return status, False
+    status.setdefault("autoAliases", {})["production"] = version
     return status, True
 
 
@@ -144,15 +173,78 @@ def apply_retention(spec: dict, status: dict, in_use: set[int]) -> dict:
     return status
 
 
-def rebuild(spec: dict, cards_by_version: dict[int, tuple[str, dict, str]], now: str) -> dict:
-    """A Model status made from the model cards found in storage (the cluster was rebuilt from Git).
+def rebuild(spec: dict, cards_by_version: dict[int, tuple[str, dict, str]], now: str,
+            history: dict[int, dict] | None = None) -> dict:
+    """A Model status made from what storage holds (the cluster was rebuilt from Git).
 
-    cards_by_version: {version: (prefix uri, card, sha256 of the card's bytes)}.
+    cards_by_version: {version: (prefix uri, card, sha256 of the card's bytes)} for versions the history
+    index does not hold; history: {version: entry} from the index, taken as recorded (its states —
+    Archived, Failed — are not in the cards). Auto promotion replays over all of them in order.
+    Linear in the number of versions (a Model may have thousands).
     """
-    status: dict = {"versions": []}
-    for number in sorted(cards_by_version):
-        uri, card, card_sha256 = cards_by_version[number]
-        status = commit(status, number, card, uri, card.get("created") or now, card_sha256)
-        find(status, number)["source"] = "storage"
-        status, _ = promote(spec, status, number)
+    history = history or {}
+    entries, production = [], None
+    for number in sorted(set(cards_by_version) | set(history)):
+        if number in history:
+            entry = copy.deepcopy(history[number])
+        else:
+            uri, card, card_sha256 = cards_by_version[number]
+            entry = find(commit({}, number, card, uri, cards.created_at(card) or now, card_sha256), number)
+            entry["source"] = "storage"
+        entries.append(entry)
+        if _beats(spec, entry, production):
+            production = entry
+    status: dict = {"versions": entries}
+    if production is not None:
+        status["autoAliases"] = {"production": production["version"]}
+    status["latestVersion"] = _latest(status)
     return status
+
+
+# --- history: a Model's status stays small -----------------------------------------------------------
+def protected_versions(status: dict, in_use: set[int]) -> set[int]:
+    """Versions that must stay in status: what aliases point at and what Deployments use."""
+    return set(in_use) | set((status.get("aliases") or {}).values()) | set((status.get("autoAliases") or {}).values())
+
+
+def to_history(status: dict, keep: int, protected: set[int], slack: int | None = None) -> list[dict]:
+    """The entries that leave status for the history index: all but the newest `keep`, Pending ones and
+    protected ones — only once more than keep + slack are there, so one index write moves several."""
+    entries = sorted(versions(status), key=lambda v: v["version"])
+    slack = keep if slack is None else slack
+    if len(entries) <= keep + slack:
+        return []
+    newest = {v["version"] for v in entries[-keep:]} if keep else set()
+    return [copy.deepcopy(v) for v in entries
+            if v["version"] not in newest and v["version"] not in protected and v["state"] != "Pending"]
+
+
+def history_pages(numbers) -> set[int]:
+    return {(n - 1) // HISTORY_PAGE for n in numbers}
+
+
+def merge_history(page: list[dict], entries: list[dict]) -> list[dict]:
+    """One index object's entries with entries written over it (by version number), in order."""
+    by_version = {v["version"]: v for v in page}
+    by_version.update({v["version"]: v for v in entries})
+    return [by_version[n] for n in sorted(by_version)]
+
+
+def moved_out(status: dict, moved: list[dict], uri: str, count: int, highest: int) -> dict:
+    """Status once `moved` are in the index: those entries gone (unless something started using them
+    meanwhile), status.history describing the index."""
+    status = copy.deepcopy(status)
+    numbers = {v["version"] for v in moved}
+    status["versions"] = [v for v in versions(status) if v["version"] not in numbers]
+    status["history"] = {"uri": uri, "count": count, "highest": highest}
+    return status
+
+
+def restored(status: dict, entries: list[dict]) -> dict:
+    """Status with history entries brought back (an alias or a Deployment wants them), in version order."""
+    status = copy.deepcopy(status)
+    present = {v["version"] for v in versions(status)}
+    status["versions"] = sorted(versions(status) + [copy.deepcopy(v) for v in entries if v["version"] not in present],
+                                key=lambda v: v["version"])
+    return status
+

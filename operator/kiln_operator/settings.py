@@ -47,6 +47,8 @@ class Settings:
     downloads: int = field(default_factory=lambda: int(os.environ.get("KILN_DOWNLOADS", "4")))
     # The safety resync: every object is queued again this often (it reads caches only).
     resync_seconds: float = field(default_factory=lambda: float(os.environ.get("KILN_RESYNC_SECONDS", "300")))
+    # Model status keeps the newest N versions (and those in use); the rest live in the storage index.
+    status_versions: int = field(default_factory=lambda: max(1, int(os.environ.get("KILN_STATUS_VERSIONS", "20"))))
     watch_server_timeout: int = field(default_factory=lambda: int(os.environ.get("KILN_WATCH_TIMEOUT", "300")))
 
 

@@ -22,6 +22,7 @@ from kiln_operator import (
     labels,
     models,
     operator_metrics,
+    registry,
     tenancy,
     trainingjob_builder,
 )
@@ -218,6 +219,13 @@ def _succeeded(world, spec, status, patch, stored, out_job, version, prefix) -> 
                                  generation),
     })
     out.events.append(("Normal", entry["state"], f"Model {spec['model']} version {version} {entry['state']}"))
+    withheld = entry.get("withheld") or {}
+    if withheld:  # a requested format the trainer could not produce: said on the run, not only in the card
+        message = "; ".join(f"{fmt}: {why}" for fmt, why in sorted(withheld.items()))
+        patch["conditions"] = conditions.set_condition(patch["conditions"], "ArtifactsComplete", False,
+                                                       "FormatWithheld", f"version {version} lacks {message}",
+                                                       generation)
+        out.events.append(("Warning", "FormatWithheld", f"version {version} lacks {message}"))
     if entry["state"] == "Rejected":
         failed = [g["metric"] for g in entry.get("gates", []) if not g.get("passed")]
         out.events.append(("Warning", "GateFailed", f"version {version} failed gates: {', '.join(failed)}"))
@@ -254,7 +262,5 @@ def _with_run(status: dict, patch: dict) -> dict:
 
 
 def main_metric_name(model: dict | None, card: dict) -> str:
-    wanted = (((model or {}).get("spec") or {}).get("promotion") or {}).get("metric")
-    if wanted and wanted in card["metrics"]:
-        return wanted
-    return "accuracy" if card.get("task") == "classification" else "r2"
+    metric, _, _ = registry.promotion_metric((model or {}).get("spec") or {}, card.get("task"))
+    return metric

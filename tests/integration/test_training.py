@@ -104,6 +104,35 @@ def test_worse_run_rejected_gate_and_pin(custom, kiln_ns):
     assert st["aliases"]["production"] == 1  # falls back to the auto choice, never the Rejected one
 
 
+def test_regression_promotes_by_r2_without_a_metric_and_a_wrong_metric_is_named(custom, kiln_ns):
+    # Before: the CRD defaulted promotion.metric to accuracy, which regression never has, so production
+    # stayed on version 1 forever and nothing said why.
+    create(custom, kiln_ns, "models", "Model", "sugar", {"promotion": {"policy": "auto"}})
+    stump = {"name": "decision_tree", "task": "regression", "params": {"max_depth": 1}}
+    for name, algorithm in (("stump", stump), ("ridge", {"name": "ridge", "task": "regression"})):
+        create(custom, kiln_ns, "trainingjobs", "TrainingJob", name,
+               tj_spec(model="sugar", algorithm=algorithm, dataset={"uri": "builtin:diabetes"},
+                       export={"formats": ["onnx"]}))
+        status = finished(custom, kiln_ns, name)
+        assert status["phase"] == "Succeeded" and status["mainMetric"].startswith("r2="), status
+    st = wait_until(lambda: (s := get(custom, kiln_ns, "models", "sugar")["status"]).get("aliases", {}).get(
+        "production") == 2 and s, 30, "production to move to the better regression version")
+    r2 = {v["version"]: v["metrics"]["r2"] for v in st["versions"]}
+    assert r2[2] > r2[1]
+    assert next(c for c in st["conditions"] if c["type"] == "PromotionMetricValid")["status"] == "True"
+
+    custom.patch_namespaced_custom_object(GROUP, VERSION, kiln_ns, "models", "sugar",
+                                          {"spec": {"promotion": {"metric": "accuracy"}}})
+
+    def named():
+        conds = get(custom, kiln_ns, "models", "sugar")["status"]["conditions"]
+        c = next((c for c in conds if c["type"] == "PromotionMetricValid"), None)
+        return c if c and c["status"] == "False" else None
+
+    cond = wait_until(named, 30, "the condition naming spec.promotion.metric")
+    assert cond["reason"] == "MetricNotForTask" and cond["message"].startswith("spec.promotion.metric:")
+
+
 def test_unreachable_dataset_fails_after_retries_with_the_trainers_message(custom, kiln_ns, s3_env):
     create(custom, kiln_ns, "models", "Model", "iris", {})
     spec = tj_spec(retries=1)

@@ -65,7 +65,7 @@ def test_lower_is_better_metrics():
     status = {}
     for n, rmse in enumerate((10.0, 8.0, 9.0), start=1):
         status, v = registry.reserve(status, f"r{n}", "m", "t")
-        status = registry.commit(status, v, card(0.9) | {"metrics": {"rmse": rmse}}, "u", "t")
+        status = registry.commit(status, v, card(0.9) | {"metrics": {"rmse": rmse}, "task": "regression"}, "u", "t")
         status, _ = registry.promote(spec, status, v)
     assert status["autoAliases"]["production"] == 2
 
