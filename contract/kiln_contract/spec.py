@@ -71,10 +71,25 @@ def _path(error: jsonschema.ValidationError) -> str:
     return path
 
 
+def without_nulls(value):
+    """value with every null member of an object left out: null means unset.
+
+    Optional objects and lists in the CRDs are `nullable`, because a server-side apply that drops one
+    from its manifest (a GitOps sync after a field was removed from Git) leaves it null rather than
+    absent (kubernetes/kubernetes#103011); everything reading a spec treats such a null as absent.
+    """
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
 def validate(kind: str, spec: dict) -> dict:
     """Return spec with defaults applied, or raise SpecError naming the first bad field."""
     if not isinstance(spec, dict):
         raise SpecError("spec", "must be an object")
+    spec = without_nulls(spec)
     schema = spec_schema(kind)
     # OpenAPI v3.0 uses draft-4 style boolean exclusiveMinimum/exclusiveMaximum.
     validator = jsonschema.Draft4Validator(schema)

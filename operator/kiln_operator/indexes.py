@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import kopf
 
+from kiln_contract import spec as specs
 from kiln_operator import deployment_builder, resources
 
 MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
@@ -34,19 +35,27 @@ def controller_uid(obj: dict) -> str | None:
     return None
 
 
+def _kiln(body) -> dict:
+    """A Kiln object as the decisions read it: a null in its spec means unset (specs.without_nulls)."""
+    obj = _plain(body)
+    if isinstance(obj.get("spec"), dict):
+        obj["spec"] = specs.without_nulls(obj["spec"])
+    return obj
+
+
 @kopf.index(resources.TRAININGJOBS)
 async def kiln_trainingjobs(namespace, name, body, **_):
-    return {(namespace, name): _plain(body)}
+    return {(namespace, name): _kiln(body)}
 
 
 @kopf.index(resources.MODELS)
 async def kiln_models(namespace, name, body, **_):
-    return {(namespace, name): _plain(body)}
+    return {(namespace, name): _kiln(body)}
 
 
 @kopf.index(resources.DEPLOYMENTS)
 async def kiln_deployments(namespace, name, body, **_):
-    return {(namespace, name): _plain(body)}
+    return {(namespace, name): _kiln(body)}
 
 
 @kopf.index(resources.TRAININGJOBS)

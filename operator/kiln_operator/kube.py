@@ -89,6 +89,24 @@ class Conflict(RuntimeError):
     pass
 
 
+def status_put_body(obj: dict, name: str, namespace: str, status: dict) -> dict:
+    """The body of a PUT to /status: the object as cached (managedFields left out) with the new status.
+
+    API servers before 1.22 derive field ownership of a status update from the whole body: a body
+    with only metadata.name and status reads as "spec and labels removed", and the applier (a GitOps
+    controller's server-side apply) loses its managedFields entry — `kubectl diff --server-side`
+    shows drift and a field later removed from Git is never pruned. The spec and metadata sent are
+    the ones at resourceVersion, so they change nothing (and /status ignores spec changes anyway).
+    """
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    metadata.update({"name": name, "namespace": namespace, "resourceVersion": obj["metadata"]["resourceVersion"]})
+    body = {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": obj.get("kind"),
+            "metadata": metadata, "status": status}
+    if "spec" in obj:
+        body["spec"] = obj["spec"]
+    return body
+
+
 def update_status(plural: str, namespace: str, name: str, change, current: dict | None = None, attempts: int = 20):
     """Read-modify-write of a custom object's status with optimistic concurrency.
 
@@ -107,10 +125,7 @@ def update_status(plural: str, namespace: str, name: str, change, current: dict 
         new_status, result = change(status, obj)
         if new_status == (obj.get("status") or {}):
             return result, None
-        body = {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": obj.get("kind"),
-                "metadata": {"name": name, "namespace": namespace,
-                             "resourceVersion": obj["metadata"]["resourceVersion"]},
-                "status": new_status}
+        body = status_put_body(obj, name, namespace, new_status)
         try:
             written = _call("PUT", _custom_path(namespace, plural, name, "status"), body)
             return result, written
