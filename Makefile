@@ -8,7 +8,7 @@ SYSTEM_STAMP := .kiln/.system-deps
 export KUBECONFIG := $(CURDIR)/.kiln/kubeconfig
 
 .PHONY: demo test unit integration lint bench cluster-up cluster-down cluster-status system-deps binaries clean \
-	chart-sync chart-lint e2e
+	chart-sync chart-lint e2e e2e-node node-binaries node-images node-up node-down
 
 # Debian packages the project needs beyond a stock Python machine (the Kubernetes
 # build toolchain is installed by tests/cluster/build-binaries.sh on first use).
@@ -73,6 +73,27 @@ chart-lint: $(STAMP)
 # kind + Docker + helm: runs where they exist, skips with the reason elsewhere.
 e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e -q -rs
+
+# The real node (docs/real-node.md): Kiln's images built with buildah on a debootstrap base and run by a real
+# kubelet (containerd, runc, CNI, kube-proxy), a second instance beside the simulator cluster, state in .kiln-node/.
+# Root, Debian; installs its Debian packages and compiles kubelet and kube-proxy on first use.
+NODE_ENV := KILN_STATE_DIR=$(CURDIR)/.kiln-node
+
+node-binaries: $(STAMP)
+	@bash tests/cluster/build-node.sh
+
+node-images: node-binaries
+	@$(NODE_ENV) $(PY) -m kiln_local.images build
+
+node-up: node-binaries
+	@$(NODE_ENV) $(PY) -m kiln_local.realnode up
+
+node-down:
+	@if [ -x $(PY) ]; then $(NODE_ENV) $(PY) -m kiln_local.realnode down; else echo "[kiln] nothing to stop"; fi
+
+# The chart's iris lifecycle in real containers; never skipped (a missing prerequisite fails it, with the reason).
+e2e-node: node-binaries
+	$(NODE_ENV) $(PY) -m pytest tests/e2e/test_real_node.py -q -rs -s -p no:cacheprovider
 
 clean: cluster-down
 	rm -rf .kiln

@@ -671,6 +671,28 @@ def test_scale_from_zero_wakes_the_operator_and_answers_when_the_pod_is_ready():
     run(scenario())
 
 
+def test_a_held_request_keeps_waking_while_it_waits(monkeypatch):
+    """A cold start slower than scaleToZeroAfter: the operator must keep seeing demand until a pod is ready."""
+    from kiln_operator.gateway import proxy, wake
+
+    monkeypatch.setattr(proxy, "REPEAT", 0.2)
+    monkeypatch.setattr(wake, "REPEAT", 0.2)
+
+    async def scenario():
+        async with FakeApi() as api:
+            s = settings()
+            api.emit("deployments", "ADDED", kdep("iris"))
+            async with FakePod("127.0.0.2", s.pod_port, "a"), gateway(api, pod_port=s.pod_port, wait_seconds=5,
+                                                                      wake_url=api.url) as gw:
+                held = asyncio.create_task(call(gw, "POST", "/ml/iris/x", b"{}"))
+                await eventually(lambda: len(api.wakes) >= 3, what="wakes repeated while the request waits")
+                api.emit("pods", "ADDED", pod("a", ip="127.0.0.2"))
+                status, _, _ = await held
+                assert status == 200 and set(api.wakes) == {"ml/iris"}
+
+    run(scenario())
+
+
 def test_a_deleted_deployment_answers_its_waiters_404():
     async def scenario():
         async with FakeApi() as api:

@@ -20,7 +20,7 @@ from kiln_operator.gateway.config import Settings
 from kiln_operator.gateway.endpoints import Endpoints, Key
 from kiln_operator.gateway.server import Headers, Request, Response, json_response
 from kiln_operator.gateway.waiting import Waiters
-from kiln_operator.gateway.wake import Waker
+from kiln_operator.gateway.wake import REPEAT, Waker
 
 if TYPE_CHECKING:
     from kiln_operator.gateway.auth import Authorizer
@@ -165,6 +165,8 @@ class Proxy:
                 if remaining <= 0:
                     raise Refusal(503, f"no ready replica of {namespace}/{name} within "
                                        f"{self.settings.wait_seconds:g}s", RETRY_AFTER_NO_POD)
-                await self.waiters.changed(key, remaining)
+                # A held request is traffic: the wake goes out again every REPEAT seconds while it waits, so a
+                # cold start slower than scaleToZeroAfter is not scaled back to zero before its pod is ready.
+                await self.waiters.changed(key, min(remaining, REPEAT))
         finally:
             self.waiters.leave(key)

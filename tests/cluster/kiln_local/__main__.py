@@ -16,10 +16,20 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="list the cluster's processes")
     sub.add_parser("env", help="print shell exports for KUBECONFIG and S3")
     args = parser.parse_args(argv)
-    if args.command == "up":
-        cluster.up(operator=not args.no_operator)
-    elif args.command == "down":
-        cluster.down()
+    if args.command in ("up", "down"):
+        # Two `up`s at once would each start a controller-manager and a scheduler (leader election is off):
+        # duplicate pods for every Job. The second waits for the first, then finds everything running.
+        import fcntl
+
+        from kiln_local.paths import STATE
+
+        STATE.mkdir(parents=True, exist_ok=True)
+        with open(STATE / "cluster.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if args.command == "up":
+                cluster.up(operator=not args.no_operator)
+            else:
+                cluster.down()
     elif args.command == "status":
         return cluster.status()
     elif args.command == "env":

@@ -13,9 +13,14 @@ from pathlib import Path
 from kiln_local import pki, procs
 from kiln_local.paths import BIN, KUBECONFIG, REPO, STATE
 
-ETCD_PORT = 23790
+# Defaults are the shared simulator cluster's; a second instance (kiln_local.realnode) sets its own.
+ETCD_PORT = int(os.environ.get("KILN_ETCD_PORT", "23790"))
+ETCD_PEER_PORT = int(os.environ.get("KILN_ETCD_PEER_PORT", "23800"))
+ETCD_METRICS_PORT = int(os.environ.get("KILN_ETCD_METRICS_PORT", "23810"))
 API_PORT = int(os.environ.get("KILN_API_PORT", "16443"))
-API_URL = f"https://127.0.0.1:{API_PORT}"
+API_ADDRESS = os.environ.get("KILN_API_ADDRESS", "127.0.0.1")  # bind and advertise address
+API_URL = f"https://{API_ADDRESS}:{API_PORT}"
+SERVICE_CIDR = os.environ.get("KILN_SERVICE_CIDR", "10.0.0.0/24")
 # Job.spec.ttlSecondsAfterFinished is alpha (off) in 1.20 and on by default from 1.21.
 FEATURE_GATES = "TTLAfterFinished=true"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -75,7 +80,8 @@ def _healthy() -> bool:
         return resp.status == 200
 
 
-def up() -> None:
+def up(apiserver_flags: tuple[str, ...] = ()) -> None:
+    """apiserver_flags: more kube-apiserver flags (a real node's: kiln_local.realnode)."""
     ensure_binaries()
     p = pki.ensure()
     write_kubeconfig()
@@ -83,21 +89,23 @@ def up() -> None:
     procs.start("etcd", [
         binary("etcd"), "--name=kiln", f"--data-dir={STATE / 'etcd'}",
         f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-        "--listen-peer-urls=http://127.0.0.1:23800", "--initial-advertise-peer-urls=http://127.0.0.1:23800",
-        "--initial-cluster=kiln=http://127.0.0.1:23800", "--listen-metrics-urls=http://127.0.0.1:23810",
+        f"--listen-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}",
+        f"--initial-cluster=kiln=http://127.0.0.1:{ETCD_PEER_PORT}",
+        f"--listen-metrics-urls=http://127.0.0.1:{ETCD_METRICS_PORT}",
         "--quota-backend-bytes=2147483648", "--logger=zap",
     ])
     procs.start("kube-apiserver", [
         binary("kube-apiserver"), f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={API_PORT}",
+        f"--bind-address={API_ADDRESS}", f"--advertise-address={API_ADDRESS}", f"--secure-port={API_PORT}",
         "--insecure-port=0",
         f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
         f"--client-ca-file={p / 'ca.crt'}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
-        "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
+        f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
         "--allow-privileged=true", "--enable-priority-and-fairness=false",
-        "--profiling=false", "--v=1", f"--feature-gates={FEATURE_GATES}",
+        "--profiling=false", "--v=1", f"--feature-gates={FEATURE_GATES}", *apiserver_flags,
     ])
     procs.wait_for(_healthy, "kube-apiserver", 90, "kube-apiserver")
     kubeconfig = str(KUBECONFIG)

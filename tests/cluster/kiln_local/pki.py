@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,8 @@ PKI = STATE / "pki"
 APISERVER_SANS = ",".join([
     "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
     "IP:127.0.0.1", "IP:10.0.0.1",
+    # a second instance's API address and `kubernetes` Service address (kiln_local.realnode)
+    *filter(None, os.environ.get("KILN_APISERVER_EXTRA_SANS", "").split(",")),
 ])
 
 

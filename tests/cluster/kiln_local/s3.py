@@ -11,8 +11,12 @@ import socket
 from kiln_local import procs
 from kiln_local.paths import S3_ENV, STATE, venv_bin
 
-HOST = "127.0.0.1"
+# Defaults are the shared simulator cluster's; a second instance (kiln_local.realnode) sets its own.
+HOST = os.environ.get("KILN_S3_HOST", "127.0.0.1")
 S3_PORT = int(os.environ.get("KILN_S3_PORT", "18333"))
+MASTER_PORT = int(os.environ.get("KILN_WEED_MASTER_PORT", "19333"))
+VOLUME_PORT = int(os.environ.get("KILN_WEED_VOLUME_PORT", "18080"))
+FILER_PORT = int(os.environ.get("KILN_WEED_FILER_PORT", "18888"))
 BUCKET = "kiln"
 NAME = "seaweedfs"
 
@@ -81,7 +85,7 @@ def up(timeout: float = 60) -> dict[str, str]:
     }]}))
     procs.start(NAME, [
         venv_bin("weed"), "server", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
-        "-master.port=19333", "-volume.port=18080", "-filer.port=18888",
+        f"-master.port={MASTER_PORT}", f"-volume.port={VOLUME_PORT}", f"-filer.port={FILER_PORT}",
         "-master.volumeSizeLimitMB=64", "-volume.max=32",
         "-s3", f"-s3.port={S3_PORT}", f"-s3.config={config}",
     ])
