@@ -8,7 +8,9 @@ artifacts against it. Keys every card carries:
     params     estimator parameters actually used
     artifacts  [{file, format, sha256, bytes}]
     dataset    {uri, sha256, rows, columns}
-    features   {names, dtypes, categories, distributions, target, classes}
+    features   {names, dtypes, categories, distributions, target, classes}; the trainer adds
+               booleans (features made from boolean columns: numeric 0/1, JSON true/false accepted)
+               and folded ({column: {levels, kept}}: categorical columns whose rare levels are one)
     libraries  {python, scikit-learn, onnx, onnxruntime, xgboost, ...}
     spec       the validated TrainingJob spec
     timings    {phase: seconds}
@@ -37,6 +39,10 @@ serving traffic with (the trainer writes it, the server buckets live inputs by i
                   "histogram": {"edges": [11 ascending], "counts": [10]}}
     categorical  {"kind": "categorical", "count", "missing", "distinct",
                   "frequencies": {value: share, "__other__": share of the rest}}
+predictions (optional; cards before issue #14 lack it) is the prediction-drift reference: what the model
+predicted on the held-out split (kiln_trainer.prediction_reference):
+    classification  {"kind": "categorical", "split": "test", "count", "frequencies": {str(label): share}}
+    regression      {"kind": "numeric", "split": "test", ... "histogram": {"edges": [11], "counts": [10]}}
 Classifiers without predict_proba export `scores` instead of `probabilities`; servers then
 answer with the label only.
 

@@ -71,25 +71,32 @@ def _path(error: jsonschema.ValidationError) -> str:
     return path
 
 
-def without_nulls(value):
-    """value with every null member of an object left out: null means unset.
+def without_nulls(value, schema: dict):
+    """value with every null member the schema marks `nullable` left out: such a null means unset.
 
     Optional objects and lists in the CRDs are `nullable`, because a server-side apply that drops one
     from its manifest (a GitOps sync after a field was removed from Git) leaves it null rather than
     absent (kubernetes/kubernetes#103011); everything reading a spec treats such a null as absent.
+    Free-form members (estimator params, search grids) are left as they are: there null is a value.
     """
-    if isinstance(value, dict):
-        return {k: without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [without_nulls(v) for v in value]
+    if isinstance(value, dict) and schema.get("properties"):
+        props = schema["properties"]
+        return {k: (without_nulls(v, props[k]) if k in props else v) for k, v in value.items()
+                if not (v is None and props.get(k, {}).get("nullable"))}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [without_nulls(v, schema["items"]) for v in value]
     return value
+
+
+def spec_without_nulls(kind: str, spec: dict) -> dict:
+    return without_nulls(spec, spec_schema(kind))
 
 
 def validate(kind: str, spec: dict) -> dict:
     """Return spec with defaults applied, or raise SpecError naming the first bad field."""
     if not isinstance(spec, dict):
         raise SpecError("spec", "must be an object")
-    spec = without_nulls(spec)
+    spec = spec_without_nulls(kind, spec)
     schema = spec_schema(kind)
     # OpenAPI v3.0 uses draft-4 style boolean exclusiveMinimum/exclusiveMaximum.
     validator = jsonschema.Draft4Validator(schema)

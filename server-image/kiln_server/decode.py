@@ -632,6 +632,10 @@ def decode_v1(body: dict, schema: Schema, bools: bool = True, limits: Limits = D
         x = _v1_dicts(instances, schema, bools, limits)
     elif all(isinstance(r, list) for r in instances):
         bad = next((k for k, r in enumerate(instances) if len(r) != F), None)
+        if bad is None and schema.booleans:
+            flags = [n in schema.booleans for n in schema.names]
+            instances = [[float(v) if f and (v is True or v is False) else v for v, f in zip(r, flags, strict=True)]
+                         for r in instances]
         if bad is not None:
             raise ClientError(
                 422, f"instances[{bad}] has {len(instances[bad])} values but the model takes {F} features"
@@ -645,7 +649,9 @@ def decode_v1(body: dict, schema: Schema, bools: bool = True, limits: Limits = D
                                       f"array of {F} values") from None
                 raise
         else:
-            x = _v1_columns([list(c) for c in zip(*instances, strict=True)], schema, bools, limits)
+            x = _v1_columns([_bools_as_numbers(list(c), n, schema)
+                             for c, n in zip(zip(*instances, strict=True), schema.names, strict=True)],
+                            schema, bools, limits)
     else:
         raise ClientError(
             422, f"each instance must be an array of {F} values or an object keyed by feature name"
@@ -666,13 +672,20 @@ def _v1_dicts(rows: list[dict], schema: Schema, bools: bool = True, limits: Limi
                 )
             missing = [n for n in schema.names if n not in r]
             raise ClientError(422, f"instances[{k}]: missing feature(s) {_names(missing)}")
-    cols = [[r[n] for r in rows] for n in schema.names]
+    cols = [_bools_as_numbers([r[n] for r in rows], n, schema) for n in schema.names]
     if schema.all_numeric:
         m = np.empty((len(rows), schema.n_features), dtype=schema.float_dtype)
         for j, c in enumerate(cols):
             m[:, j] = _v1_column(c, "FP64", f"feature {show(schema.names[j])}", schema.float_dtype, bools, limits)
         return m
     return _v1_columns(cols, schema, bools, limits)
+
+
+def _bools_as_numbers(values: list, name: str, schema: Schema) -> list:
+    """A boolean feature's JSON true/false as 1.0/0.0 (what the model was trained on); others as they are."""
+    if name not in schema.booleans:
+        return values
+    return [float(v) if v is True or v is False else v for v in values]
 
 
 def _v1_columns(cols: list[list], schema: Schema, bools: bool = True, limits: Limits = DEFAULT_LIMITS):

@@ -21,17 +21,24 @@ def _data(arr: np.ndarray):
     return [str(v) for v in arr.reshape(-1).tolist()]
 
 
-def v2_response(name: str, version: str, rid: str | None, schema: Schema, label, probs,
-                requested: tuple[str, ...] | None) -> bytes:
+def v2_tensors(schema: Schema, label, probs, requested: tuple[str, ...] | None) -> list[tuple]:
+    """The V2 output tensors, (name, datatype, shape, array), in the order answered: every transport's (JSON
+    over REST, protobuf over gRPC) one rule for which outputs a request gets and how they are typed."""
     wanted = requested or schema.output_names
     n = len(label)
     outputs = []
     for out in wanted:
         if out == "label":
-            outputs.append({"name": "label", "datatype": schema.label_datatype, "shape": [n], "data": _data(label)})
+            outputs.append(("label", schema.label_datatype, [n], label))
         elif probs is not None:
-            outputs.append({"name": "probabilities", "datatype": schema.proba_datatype,
-                            "shape": [n, int(probs.shape[1])], "data": _data(probs)})
+            outputs.append(("probabilities", schema.proba_datatype, [n, int(probs.shape[1])], probs))
+    return outputs
+
+
+def v2_response(name: str, version: str, rid: str | None, schema: Schema, label, probs,
+                requested: tuple[str, ...] | None) -> bytes:
+    outputs = [{"name": o, "datatype": dt, "shape": shape, "data": _data(arr)}
+               for o, dt, shape, arr in v2_tensors(schema, label, probs, requested)]
     body = {"model_name": name, "model_version": version, "outputs": outputs}
     if rid is not None:
         body["id"] = rid
@@ -55,6 +62,7 @@ def model_metadata(name: str, version: str, platform: str, schema: Schema, extra
             "feature_names": schema.names,
             "categorical_features": [n for n, c in zip(schema.names, schema.categorical, strict=True) if c],
             "task": schema.task,
+            **({"onnx_input_names": dict(schema.onnx_inputs)} if schema.onnx_inputs else {}),
             **({"classes": [c.item() if isinstance(c, np.generic) else c for c in schema.classes]}
                if schema.classes is not None else {}),
             **extra,

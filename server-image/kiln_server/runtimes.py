@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from kiln_server.errors import StartupError
-from kiln_server.schema import Schema, card_features, categorical_from_card, v2_datatype
+from kiln_server.schema import Schema, booleans_from_card, card_features, categorical_from_card, v2_datatype
 
 log = logging.getLogger("kiln_server")
 
@@ -66,14 +66,24 @@ class OnnxRuntime:
             raise StartupError(
                 f"card signature inputs {sig_inputs} do not match the ONNX graph's inputs {list(inputs)}"
             )
-        if sorted(sig_inputs) == sorted(names) and (len(names) > 1 or sig_inputs[0] != "input"):
+        # Which raw column each ONNX input carries: the signature's `feature` (ONNX names may be
+        # sanitised forms of the user's column names), else the input's own name (older cards).
+        feature_of = {i["name"]: str(i.get("feature", i["name"])) for i in signature.get("inputs") or []}
+        fed = [feature_of[n] for n in sig_inputs]
+        self.onnx_inputs = {}
+        if sorted(fed) == sorted(names) and (len(names) > 1 or sig_inputs[0] != "input"):
             # One [-1, 1] input per raw column; strings for categorical columns.
             self.single = False
-            self.col_dtypes = [_ORT_TYPES.get(inputs[n].type) for n in names]
+            onnx_of = {f: n for n, f in feature_of.items()}
+            self.onnx_names = [onnx_of[f] for f in names]
+            self.onnx_inputs = {f: o for f, o in zip(names, self.onnx_names, strict=True) if f != o}
+            self.col_dtypes = [_ORT_TYPES.get(inputs[o].type) for o in self.onnx_names]
             if any(dt is None for dt in self.col_dtypes):
-                raise StartupError(f"ONNX inputs of unsupported types: {[inputs[n].type for n in names]}")
+                raise StartupError(f"ONNX inputs of unsupported types: {[inputs[o].type for o in self.onnx_names]}")
             categorical = [dt is np.object_ for dt in self.col_dtypes]
-            float_dtype = np.dtype(np.float32)
+            numeric = {dt for dt in self.col_dtypes if dt is not np.object_}
+            # float64 inputs are fed float64 (decoded as such); float32 otherwise
+            float_dtype = np.dtype(np.float64 if numeric == {np.float64} else np.float32)
         elif len(sig_inputs) == 1:
             self.single = True
             self.input_name = sig_inputs[0]
@@ -113,6 +123,8 @@ class OnnxRuntime:
             task=card.get("task", "classification"),
             classes=(card.get("features") or {}).get("classes"),
             float_dtype=float_dtype,
+            onnx_inputs=self.onnx_inputs,
+            booleans=booleans_from_card(card),
         )
 
     @staticmethod
@@ -131,7 +143,7 @@ class OnnxRuntime:
             cols = x.T if isinstance(x, np.ndarray) else x
             feed = {
                 n: np.asarray(c, dtype=dt).reshape(-1, 1)
-                for n, c, dt in zip(self.schema.names, cols, self.col_dtypes, strict=True)
+                for n, c, dt in zip(self.onnx_names, cols, self.col_dtypes, strict=True)
             }
         outs = self.session.run(self.output_names, feed)
         label = outs[0]
@@ -171,12 +183,20 @@ class SklearnRuntime:
         # Trees and forests compute predict() as classes_[argmax(predict_proba())]: do that once, not twice.
         self.label_from_proba = self.proba and _argmax_classifier(model)
         classes = getattr(model, "classes_", None)
+        # xgboost on labels that are not 0..n-1: the artifact predicts indices into features.classes
+        # (the card's export.<format>.predictsClassIndex); answer with the labels, as the ONNX graph does.
+        self.index_labels = None
+        card_classes = (card.get("features") or {}).get("classes")
+        if ((card.get("export") or {}).get(fmt) or {}).get("predictsClassIndex") and card_classes:
+            self.index_labels = np.asarray(card_classes)
+            classes = self.index_labels
         self.schema = Schema(
             names=names,
             categorical=categorical_from_card(card),
             task=task,
             classes=list(classes) if classes is not None else (card.get("features") or {}).get("classes"),
             float_dtype=np.dtype(np.float64),
+            booleans=booleans_from_card(card),
         )
 
     def _input(self, x):
@@ -199,6 +219,8 @@ class SklearnRuntime:
         label = np.asarray(self.model.predict(X))
         if label.ndim == 2 and label.shape[1] == 1:
             label = label.reshape(-1)
+        if self.index_labels is not None:
+            label = self.index_labels.take(label.astype(np.int64))
         probs = np.asarray(self.model.predict_proba(X)) if self.proba else None
         return label, probs
 

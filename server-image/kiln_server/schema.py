@@ -44,6 +44,12 @@ class Schema:
     proba_datatype: str = "FP64"
     n_classes: int = 0
     nan_ok: np.ndarray = field(default=None)  # bool per feature: may this feature be NaN?
+    # {feature: ONNX input name} where they differ (the card's signature maps them; clients never see
+    # ONNX names: every input is named as the user's column)
+    onnx_inputs: dict = field(default_factory=dict)
+    # features trained from boolean columns (the card's features.booleans): numeric 0/1 to the model,
+    # and JSON true/false is accepted for them in V1 feature values
+    booleans: frozenset = frozenset()
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self):
@@ -113,3 +119,9 @@ def categorical_from_card(card: dict) -> list[bool]:
         stringy = dt.startswith(STRING_DTYPES) or any(isinstance(v, str) for v in values)
         out.append(stringy)
     return out
+
+
+def booleans_from_card(card: dict) -> frozenset:
+    """Names of the features the trainer made from boolean columns (features.booleans)."""
+    values = (card.get("features") or {}).get("booleans") or []
+    return frozenset(str(v) for v in values if isinstance(v, str))

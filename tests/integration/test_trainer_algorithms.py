@@ -40,8 +40,9 @@ ALL_ALGORITHMS = {"logistic_regression", "decision_tree", "random_forest", "knn"
 TOLERANCE = 1e-4
 SMALL = {"random_forest": {"n_estimators": 12}, "gradient_boosting": {"max_iter": 25},
          "xgboost": {"n_estimators": 12, "max_depth": 3}}
-# k-NN on iris: iris holds exact duplicate points, float32 distances break ties otherwise (README)
-NO_ONNX = {("knn", "iris")}
+# k-NN on iris (exact duplicate points) used to lose its ONNX to float32 distances breaking ties; with
+# float64 inputs every case ships ONNX
+NO_ONNX: set = set()
 
 # (algorithm, task, dataset, split overrides, run as a subprocess)
 CASES = [
@@ -199,10 +200,15 @@ def test_algorithm_trains_into_s3_and_its_artifacts_agree(case, s3_env, s3_prefi
     # ONNX Runtime on the same rows, called as the card's signature says, against the joblib Pipeline
     signature = card["signature"]
     (inp,) = signature["inputs"]
-    assert inp == {"name": "input", "datatype": "FP32", "shape": [-1, len(card["features"]["names"])]}
+    # float64 where the converters allow it (not xgboost's, gradient boosting's or RidgeClassifier's), else float32
+    assert inp["datatype"] in ("FP32", "FP64") and (algo != "xgboost" or inp["datatype"] == "FP32")
+    if algo in ("decision_tree", "random_forest", "knn", "logistic_regression", "linear_regression"):
+        assert inp["datatype"] == "FP64"
+    assert inp == {"name": "input", "datatype": inp["datatype"], "shape": [-1, len(card["features"]["names"])]}
     session = ort.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(None, {"input": X_test.astype(np.float32)}), strict=True))
+    feed = X_test.astype(np.float64 if inp["datatype"] == "FP64" else np.float32)
+    outputs = dict(zip(names, session.run(None, {"input": feed}), strict=True))
     got = np.asarray(outputs[signature["outputs"]["label"]]).ravel()
     if task == CLF:
         assert np.array_equal(got, predicted), (got, predicted)

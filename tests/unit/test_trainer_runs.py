@@ -123,7 +123,8 @@ def test_iris_artifacts_match_their_sha256_and_card_is_last(iris):
 
 def test_iris_onnx_signature_and_parity(iris):
     _, _, card, _, out = iris
-    assert card["signature"] == {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+    # float64 inputs: the trees see scikit-learn's own float32 cast of them (kiln_trainer.onnx_trees)
+    assert card["signature"] == {"inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, 4]}],
                                  "outputs": {"label": "label", "probabilities": "probabilities"}}
     parity = card["export"]["onnx"]["parity"]
     assert parity["passed"] and parity["labelMismatches"] == 0 and parity["maxAbsDiff"] < 1e-4
@@ -133,7 +134,7 @@ def test_iris_onnx_signature_and_parity(iris):
     X = load_iris().data
     sess = session(out / "model.onnx")
     assert [i.name for i in sess.get_inputs()] == ["input"]
-    label, proba = sess.run(None, {"input": X.astype(np.float32)})
+    label, proba = sess.run(None, {"input": X.astype(np.float64)})
     pipe = joblib.load(out / "model.joblib")
     np.testing.assert_array_equal(label, pipe.predict(X))
     assert np.abs(proba - pipe.predict_proba(X)).max() < 1e-4
@@ -178,11 +179,13 @@ def test_mixed_signature_has_one_input_per_raw_column(mixed):
     code, summary, card, _, out, _ = mixed
     assert code == 0, summary
     assert card["features"]["names"] == ["age", "income", "city", "plan"]
+    fp = card["signature"]["inputs"][0]["datatype"]
+    assert fp in ("FP32", "FP64")
     assert card["signature"]["inputs"] == [
-        {"name": "age", "datatype": "FP32", "shape": [-1, 1]},
-        {"name": "income", "datatype": "FP32", "shape": [-1, 1]},
-        {"name": "city", "datatype": "BYTES", "shape": [-1, 1]},
-        {"name": "plan", "datatype": "BYTES", "shape": [-1, 1]},
+        {"name": "age", "feature": "age", "datatype": fp, "shape": [-1, 1]},
+        {"name": "income", "feature": "income", "datatype": fp, "shape": [-1, 1]},
+        {"name": "city", "feature": "city", "datatype": "BYTES", "shape": [-1, 1]},
+        {"name": "plan", "feature": "plan", "datatype": "BYTES", "shape": [-1, 1]},
     ]
     assert card["features"]["classes"] == ["no", "yes"]
     assert card["features"]["categories"]["plan"] == ["basic", "pro"]
@@ -227,7 +230,7 @@ def test_diabetes_regression(tmp_path):
     assert card["metrics"]["mae"] < card["metrics"]["rmse"]
     assert card["features"]["classes"] is None and card["params"]["alpha"] == 0.5
     assert card["signature"]["outputs"] == {"label": "variable"}
-    assert card["signature"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 10]}]
+    assert card["signature"]["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 10]}]
     assert card["export"]["onnx"]["parity"]["passed"]  # polynomial terms included
     pipe = joblib.load(tmp_path / "out" / "model.joblib")
     assert pipe.steps[-1][1].coef_.shape == (65,)  # 10 features + 10 squares + 45 products
@@ -322,9 +325,12 @@ def test_onnx_conversion_failure_is_recorded(tmp_path):
     with mock.patch("skl2onnx.convert_sklearn", side_effect=NotImplementedError("no converter for X")):
         code, _, card, _ = train(spec, tmp_path / "out", tmp_path)
     assert code == 0
-    assert card["export"]["onnx"] == {"status": "unavailable", "reason": "skl2onnx cannot convert this pipeline: "
-                                      "NotImplementedError: no converter for X"}
+    why = "skl2onnx cannot convert this pipeline: NotImplementedError: no converter for X"
+    assert card["export"]["onnx"] == {"status": "unavailable",
+                                      "reason": f"float64 inputs: {why}; float32 inputs: {why}"}
     assert [a["format"] for a in card["artifacts"]] == ["joblib"]
+    # requested but not produced: machine-readable for the operator, in the card and the summary line
+    assert card["exportWithheld"] == {"onnx": card["export"]["onnx"]["reason"]}
 
 
 # ---- failures -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from kiln_trainer import columns
 from kiln_trainer.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ class Cleaned:
     y: pd.Series
     target: str
     counts: dict = field(default_factory=dict)
+    columns: columns.Inspected | None = None
 
 
 def _columns_list(frame: pd.DataFrame, limit: int = 20) -> str:
@@ -31,8 +33,10 @@ def _columns_list(frame: pd.DataFrame, limit: int = 20) -> str:
 
 
 def clean(frame: pd.DataFrame, dataset_spec: dict, cleaning_spec: dict, default_target: str | None) -> Cleaned:
-    frame = frame.copy()
-    frame.columns = [str(c) for c in frame.columns]
+    frame = frame.set_axis([str(c) for c in frame.columns], axis=1)  # copy-on-write: no copy of the data
+    dupes = frame.columns[frame.columns.duplicated()].unique().tolist()
+    if dupes:
+        raise BadInput("spec.dataset", f"the dataset has several columns named {dupes[0]!r}; rename them in the export")
     target = dataset_spec.get("target") or default_target
     if not target:
         raise BadInput("spec.dataset.target", f"required for this dataset; columns: {_columns_list(frame)}")
@@ -87,6 +91,8 @@ def clean(frame: pd.DataFrame, dataset_spec: dict, cleaning_spec: dict, default_
 
     if len(frame) < MIN_ROWS:
         raise BadInput("spec.cleaning", f"only {len(frame)} rows left after cleaning (of {rows_in}); need {MIN_ROWS}")
+    frame = frame.reset_index(drop=True)
+    inspected = columns.inspect(frame[features])
 
     counts = {
         "rowsIn": rows_in,
@@ -95,7 +101,9 @@ def clean(frame: pd.DataFrame, dataset_spec: dict, cleaning_spec: dict, default_
         "droppedColumns": dropped,
         "missingPolicy": policy,
         "imputedCells": imputed_cells,
+        "constantColumns": inspected.constant,
+        "booleanColumns": inspected.booleans,
+        "identifierLike": inspected.identifiers,
     }
     log.info("cleaning: %d → %d rows (removed %s)", rows_in, len(frame), removed)
-    frame = frame.reset_index(drop=True)
-    return Cleaned(frame[features], frame[target], target, counts)
+    return Cleaned(inspected.X, frame[target], target, counts, inspected)

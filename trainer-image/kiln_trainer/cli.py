@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from kiln_contract import card as contract_card
-from kiln_trainer import modelcard, publish, specfile, summary, training
+from kiln_trainer import modelcard, publish, shards, specfile, summary, training
 from kiln_trainer.errors import BadInput, TrainerError
 
 log = logging.getLogger("kiln_trainer")
@@ -60,6 +60,8 @@ def run(args) -> dict:
     spec = specfile.validate(specfile.load(args.spec))
     if not args.output:
         raise BadInput("--output", f"required (or set ${OUTPUT_ENV})")
+    if shards.shard() is not None:  # a shard pod of a search across pods: evaluate its candidates, train nothing
+        return shards.run_shard(spec, training.train)
     output = publish.open_output(args.output)
     if not args.overwrite:
         existing = output.existing_card()

@@ -3,6 +3,11 @@
 The bytes read are hashed (sha256) so a version records exactly what it was trained on,
 and a `dataset.sha256` pin that does not match stops the run before training. Builtin
 datasets are hashed over a canonical CSV serialisation of their frame.
+
+Files and S3 objects are never held in memory as bytes: a local file is hashed in 1 MiB chunks
+and parsed from its path; an S3 object is streamed to a temporary file (hashed on the way, in
+chunks) and parsed from there, so a run's memory is the DataFrame's plus the parser's, whatever
+the file's size. https:// bodies (capped by KILN_DATASET_MAX_BYTES) are read into memory.
 """
 
 from __future__ import annotations
@@ -142,6 +147,57 @@ def _read_https(uri: str) -> bytes:
     raise DataUnavailable(f"cannot fetch dataset {uri}: {last.why}")
 
 
+def _hash_file(path: Path, uri: str) -> tuple[str, int]:
+    from kiln_contract.checksums import sha256_file
+
+    try:
+        return sha256_file(path), path.stat().st_size
+    except FileNotFoundError as exc:
+        raise DataUnavailable(f"dataset {uri} does not exist") from exc
+    except OSError as exc:
+        raise DataUnavailable(f"cannot read dataset {uri}: {exc.strerror or exc}") from exc
+
+
+def _download_s3(uri: str, dest: Path) -> tuple[str, int]:
+    """Stream an S3 object to dest in chunks, hashing on the way: (sha256, bytes)."""
+    import hashlib
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from kiln_contract.storage import parse_s3, s3_client
+
+    loc = parse_s3(uri)
+    if not loc.key:
+        raise BadInput("spec.dataset.uri", f"{uri} names a bucket, not an object")
+    digest, size = hashlib.sha256(), 0
+    try:
+        body = s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+        with open(dest, "wb") as out:
+            for chunk in body.iter_chunks(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise DataUnavailable(f"cannot read dataset {uri}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise DataUnavailable(f"cannot reach S3 for dataset {uri}: {exc}") from exc
+    return digest.hexdigest(), size
+
+
+def _parse(source, fmt: str, uri: str) -> pd.DataFrame:
+    """A DataFrame from a path or a file-like object."""
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(source)
+        path = urlparse(uri).path.lower()
+        compression = "gzip" if path.endswith(".gz") else None
+        sep = "\t" if path.endswith(".tsv") else ","
+        return pd.read_csv(source, compression=compression, sep=sep)
+    except Exception as exc:  # pandas/pyarrow raise many types for malformed input
+        raise BadInput("spec.dataset", f"{uri} is not readable as {fmt}: {type(exc).__name__}: {exc}") from exc
+
+
 def read_bytes(uri: str) -> bytes:
     if uri.startswith("file://"):
         return _read_file(uri)
@@ -153,15 +209,13 @@ def read_bytes(uri: str) -> bytes:
 
 
 def parse_bytes(data: bytes, fmt: str, uri: str) -> pd.DataFrame:
-    try:
-        if fmt == "parquet":
-            return pd.read_parquet(io.BytesIO(data))
-        path = urlparse(uri).path.lower()
-        compression = "gzip" if path.endswith(".gz") else None
-        sep = "\t" if path.endswith(".tsv") else ","
-        return pd.read_csv(io.BytesIO(data), compression=compression, sep=sep)
-    except Exception as exc:  # pandas/pyarrow raise many types for malformed input
-        raise BadInput("spec.dataset", f"{uri} is not readable as {fmt}: {type(exc).__name__}: {exc}") from exc
+    return _parse(io.BytesIO(data), fmt, uri)
+
+
+def _check_pin(dataset_spec: dict, digest: str, uri: str) -> None:
+    pin = dataset_spec.get("sha256")
+    if pin and pin.lower() != digest:
+        raise BadInput("spec.dataset.sha256", f"pin {pin} does not match the data read from {uri} ({digest})")
 
 
 def load(dataset_spec: dict) -> Dataset:
@@ -171,13 +225,26 @@ def load(dataset_spec: dict) -> Dataset:
         frame = _builtin(uri.split(":", 1)[1])
         data = canonical_csv(frame)
         ds = Dataset(frame, uri, fmt, sha256_bytes(data), len(data), default_target=BUILTIN_TARGET)
+    elif uri.startswith("file://"):
+        parsed = urlparse(uri)
+        path = Path(unquote(parsed.netloc + parsed.path))
+        digest, size = _hash_file(path, uri)
+        _check_pin(dataset_spec, digest, uri)  # before parsing: a mismatch costs no parse
+        ds = Dataset(_parse(path, fmt, uri), uri, fmt, digest, size)
+    elif uri.startswith("s3://"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="kiln-dataset-") as tmp:
+            local = Path(tmp) / "data"
+            digest, size = _download_s3(uri, local)
+            _check_pin(dataset_spec, digest, uri)
+            ds = Dataset(_parse(local, fmt, uri), uri, fmt, digest, size)
     else:
         data = read_bytes(uri)
         frame = parse_bytes(data, fmt, uri)
         ds = Dataset(frame, uri, fmt, sha256_bytes(data), len(data))
-    pin = dataset_spec.get("sha256")
-    if pin and pin.lower() != ds.sha256:
-        raise BadInput("spec.dataset.sha256", f"pin {pin} does not match the data read from {uri} ({ds.sha256})")
+        del data
+    _check_pin(dataset_spec, ds.sha256, uri)
     if ds.rows == 0:
         raise BadInput("spec.dataset", f"{uri} holds no rows")
     log.info("dataset %s: %d rows, %d columns, sha256 %s", uri, ds.rows, ds.frame.shape[1], ds.sha256)

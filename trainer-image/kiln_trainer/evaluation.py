@@ -12,12 +12,10 @@ import operator
 import numpy as np
 from sklearn import metrics as skm
 
+from kiln_contract.metrics import CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS  # noqa: F401
 from kiln_trainer.algorithms import CLASSIFICATION
 from kiln_trainer.errors import BadInput
 
-CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
-REGRESSION_METRICS = ("r2", "rmse", "mae")
-LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 

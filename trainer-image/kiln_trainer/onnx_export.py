@@ -5,8 +5,10 @@ Classifiers are converted with zipmap disabled, so the outputs are `label` and
 `probabilities` (a float matrix, columns in features.classes order); regressors output one
 prediction tensor [-1, 1] (`variable` for most estimators); the card's signature names them.
 Parity: labels identical and probabilities within 1e-4 (regression: |diff| <= 1e-4 *
-max(1, |prediction|)). An export that fails to convert or fails parity is
-not shipped: the card records why, and joblib stays.
+max(1, |prediction|)). Numeric inputs are float64 where the converters allow it (`export`
+tries float64, then float32); tree classifiers use kiln_trainer.onnx_trees, which breaks
+ties as scikit-learn does. An export that fails to convert or fails parity is not shipped:
+the card records why (`exportWithheld`, kiln_contract.card), and joblib stays.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 
 import numpy as np
 
+from kiln_trainer import onnx_trees
 from kiln_trainer.algorithms import CLASSIFICATION
 from kiln_trainer.preprocessing import FeatureLayout
 
@@ -100,21 +103,47 @@ def _relabel(model, classes) -> None:
             out.type.tensor_type.elem_type = elem
 
 
-def convert(pipeline, layout: FeatureLayout, task: str, algorithm: str, encoded_classes=None) -> bytes:
+def _rename_inputs(model, names: list[str]) -> None:
+    """Name the graph's inputs (one per raw column, in features.names order) by the contract's rule
+    (kiln_contract.card.onnx_input_name), whatever skl2onnx made of the column names."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != len(names):
+        raise ExportError(f"the ONNX graph has {len(inputs)} inputs for {len(names)} columns")
+    rename = {i.name: n for i, n in zip(inputs, names, strict=True) if i.name != n}
+    if not rename:
+        return
+    taken = {o for node in graph.node for o in node.output} | initializers
+    clash = [n for n in rename.values() if n in taken]
+    if clash:
+        raise ExportError(f"ONNX input name {clash[0]!r} is already used inside the graph")
+    for inp in inputs:
+        inp.name = rename.get(inp.name, inp.name)
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+
+
+def convert(pipeline, layout: FeatureLayout, task: str, algorithm: str, encoded_classes=None,
+            double: bool = False) -> bytes:
+    """The Pipeline as ONNX; numeric inputs in float64 (`double`) or float32."""
     try:
         from skl2onnx import convert_sklearn
     except ImportError as exc:
         raise ExportError(f"skl2onnx is not installed: {exc}") from exc
     _patch_skl2onnx()
+    onnx_trees.register()
     if algorithm == "xgboost":
         register_xgboost()
     estimator = pipeline.steps[-1][1]
     options = {id(estimator): {"zipmap": False}} if task == CLASSIFICATION else None
     try:
-        model = convert_sklearn(pipeline, initial_types=layout.onnx_initial_types(), options=options,
+        model = convert_sklearn(pipeline, initial_types=layout.onnx_initial_types(double), options=options,
                                 target_opset=TARGET_OPSET)
     except Exception as exc:  # converters raise anything from RuntimeError to NotImplementedError
         raise ExportError(f"skl2onnx cannot convert this pipeline: {type(exc).__name__}: {exc}") from exc
+    if not layout.all_numeric:
+        _rename_inputs(model, layout.onnx_names)
     if encoded_classes is not None:
         _relabel(model, encoded_classes)
     model.doc_string = "Kiln model: a whole scikit-learn Pipeline (imputation, scaling, encoding, estimator)"
@@ -136,14 +165,18 @@ def output_names(onnx_bytes: bytes) -> list[str]:
     return [o.name for o in onnx.load_model_from_string(onnx_bytes).graph.output]
 
 
-def parity(onnx_bytes: bytes, layout: FeatureLayout, X, expected_labels, expected_proba, task: str) -> dict:
+def parity(onnx_bytes: bytes, layout: FeatureLayout, X, expected_labels, expected_proba, task: str,
+           double: bool = False) -> dict:
     """Compare ONNX Runtime with scikit-learn on X (the test split).
 
     Outputs are taken by position: label (or prediction) first, then probabilities.
     """
-    sess = session(onnx_bytes)
-    outputs = sess.run(None, layout.onnx_feed(X))
-    report = {"rows": int(len(X)), "tolerance": TOLERANCE}
+    try:
+        sess = session(onnx_bytes)
+        outputs = sess.run(None, layout.onnx_feed(X, double))
+    except Exception as exc:  # onnxruntime's own pybind errors: a graph it cannot load or run
+        raise ExportError(f"ONNX Runtime cannot run the exported graph: {type(exc).__name__}: {exc}") from exc
+    report = {"rows": int(len(X)), "tolerance": TOLERANCE, "inputs": "FP64" if double else "FP32"}
     if task == CLASSIFICATION:
         got = np.asarray(outputs[0]).ravel()
         mismatches = int(np.sum(got.astype(str) != np.asarray(expected_labels).astype(str)))
@@ -163,7 +196,7 @@ def parity(onnx_bytes: bytes, layout: FeatureLayout, X, expected_labels, expecte
     return report
 
 
-def signature(layout: FeatureLayout, task: str, has_proba: bool, outputs: list[str]) -> dict:
+def signature(layout: FeatureLayout, task: str, has_proba: bool, outputs: list[str], double: bool = False) -> dict:
     """The card's `signature` (rule in kiln_contract.card); outputs named as in the graph."""
     if task == CLASSIFICATION:
         names = {"label": outputs[0]}
@@ -171,4 +204,31 @@ def signature(layout: FeatureLayout, task: str, has_proba: bool, outputs: list[s
             names["probabilities" if has_proba else "scores"] = outputs[1]  # scores: decision values
     else:
         names = {"label": outputs[0]}
-    return {"inputs": layout.signature_inputs(), "outputs": names}
+    return {"inputs": layout.signature_inputs(double), "outputs": names}
+
+
+def export(pipeline, layout: FeatureLayout, task: str, algorithm: str, encoded_classes, X_test, expected_labels,
+           expected_proba) -> tuple[bytes, dict, bool]:
+    """(ONNX bytes, parity report, double) of the first export that matches scikit-learn on the
+    test split: numeric inputs in float64 first (scikit-learn computes in float64: no rounding of
+    inputs or scaled values), then float32 (converters without float64 support: xgboost's).
+    Raises ExportError with each attempt's reason when none matches."""
+    reasons = []
+    last_check = None
+    for double in (True, False):
+        what = "float64" if double else "float32"
+        try:
+            data = convert(pipeline, layout, task, algorithm, encoded_classes, double)
+            check = parity(data, layout, X_test, expected_labels, expected_proba, task, double)
+        except ExportError as exc:
+            text = " ".join(str(exc).split())
+            reasons.append(f"{what} inputs: {text[:300]}{'…' if len(text) > 300 else ''}")
+            continue
+        if check["passed"]:
+            return data, check, double
+        last_check = check
+        reasons.append(f"{what} inputs: parity with scikit-learn failed on the test split: "
+                       f"{check.get('labelMismatches', 0)} label mismatches, max abs diff {check['maxAbsDiff']:.3g}")
+    err = ExportError("; ".join(reasons))
+    err.parity = last_check
+    raise err

@@ -17,8 +17,13 @@ TOP_IMPORTANCES = 20
 
 
 def _png(fig) -> str:
+    import warnings
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    with warnings.catch_warnings():
+        # column names in scripts the bundled font lacks (CJK…) draw as boxes: no reason to warn the user
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing from font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -20,7 +20,8 @@ import warnings
 from sklearn.metrics import get_scorer_names
 from sklearn.model_selection import GridSearchCV, KFold, RandomizedSearchCV, StratifiedKFold
 
-from kiln_trainer import algorithms
+from kiln_contract import metrics
+from kiln_trainer import algorithms, halving, shards
 from kiln_trainer.algorithms import CLASSIFICATION
 from kiln_trainer.errors import BadInput
 
@@ -36,7 +37,7 @@ SCORER_ALIASES = {
 
 
 def default_metric(task: str) -> str:
-    return "accuracy" if task == CLASSIFICATION else "r2"
+    return metrics.default_metric(task)
 
 
 def scorer_for(metric: str, task: str, n_classes: int) -> str:
@@ -81,7 +82,7 @@ def parse_space(search_spec: dict, name: str, task: str, base_params: dict) -> d
     for key, values in space.items():
         field = f"spec.search.space.{key}"
         if isinstance(values, dict):
-            if method != "random":
+            if method not in ("random", "halving"):
                 raise BadInput(field, "distributions need method: random; a grid takes a list of values")
             out[f"{STEP}__{key}"] = _distribution(key, values)
             continue
@@ -113,13 +114,17 @@ def run(pipeline, space: dict, search_spec: dict, task: str, seed: int, X, y, n_
           else KFold(folds, shuffle=True, random_state=seed))
     size = grid_size(space)
     truncated = False
-    if method == "grid" and size <= trials:
+    if method == "halving":  # successive halving, in this pod (kiln_trainer.halving)
+        searcher = halving.searcher(pipeline, space, search_spec, scoring=scoring, cv=cv, n_jobs=n_jobs,
+                                    seed=seed, size=size, trials=trials, step=STEP)
+    elif method == "grid" and size <= trials:
         searcher = GridSearchCV(pipeline, space, scoring=scoring, cv=cv, n_jobs=n_jobs, refit=True)
     else:
         truncated = method == "grid"
         n_iter = trials if size is None else min(trials, size)
         searcher = RandomizedSearchCV(pipeline, space, n_iter=n_iter, scoring=scoring, cv=cv,
                                       n_jobs=n_jobs, refit=True, random_state=seed)
+    searcher = shards.wrap(searcher)  # across pods when the operator split the search (kiln_trainer.shards)
     if truncated:
         log.warning("grid of %d candidates > trials=%d: evaluating %d drawn at random", size, trials, trials)
     with warnings.catch_warnings():
@@ -138,4 +143,5 @@ def run(pipeline, space: dict, search_spec: dict, task: str, seed: int, X, y, n_
         "bestScore": float(searcher.best_score_),
         "bestParams": {k.split("__", 1)[1]: v for k, v in searcher.best_params_.items()},
     }
+    info.update(shards.table(searcher))  # every candidate's mean and std (halving: the budget reached)
     return searcher.best_estimator_, info

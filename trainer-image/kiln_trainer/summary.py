@@ -3,7 +3,8 @@ file, where the operator reads it from the pod's status.
 
 Success: {"status": "Succeeded", "task", "algorithm", "metrics", "mainMetric": "name=value",
           "gatesPassed", "sha256" (primary artifact: onnx if present else joblib), "primaryArtifact",
-          "formats", "output", "rows", "dataset": {uri, sha256, rows}, "bestParams", "durations"}
+          "formats", "exportWithheld" ({format: reason}; {} when every requested format was produced),
+          "output", "rows", "dataset": {uri, sha256, rows}, "bestParams", "durations"}
 Failure: {"status": "Failed", "reason": "BadInput"|"DataUnavailable"|"Error", "message": "..."}
 
 The termination file is $KILN_TERMINATION_LOG when set (written when its directory exists and is
@@ -49,6 +50,8 @@ def succeeded(card: dict, output_uri: str, durations: dict) -> dict:
         "sha256": art["sha256"] if art else None,
         "primaryArtifact": art["file"] if art else None,
         "formats": [a["format"] for a in card["artifacts"]],
+        # requested formats not produced, reasons cut short (the card's exportWithheld has them whole)
+        "exportWithheld": {fmt: _short(why) for fmt, why in contract_card.withheld_formats(card).items()},
         "output": output_uri,
         "rows": card["dataset"]["rows"],
         "dataset": {k: card["dataset"][k] for k in ("uri", "sha256", "rows")},
@@ -56,6 +59,11 @@ def succeeded(card: dict, output_uri: str, durations: dict) -> dict:
         "durations": durations,
     }
     return modelcard.jsonable(line)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def failed(reason: str, message: str) -> dict:
