@@ -39,6 +39,10 @@ PLURALS = {"TrainingJob": "trainingjobs", "Model": "models", "Deployment": "depl
 PRIORITY = {"TrainingJob": 0, "Deployment": 1, "Model": 2}
 WAKE_SIGNAL_SECONDS = 5.0
 EVENT_DEFER = 5.0
+# A Model whose runs are about to reserve versions waits for them: each reservation settles the Model too,
+# so its own pass then writes nothing, instead of racing them for the same status (a 409 and a retry each).
+MODEL_AFTER_RUNS = 0.25
+NEW_MODEL_WAIT = 1.0
 BUSY_QUEUE = 20
 
 
@@ -51,11 +55,13 @@ class Controller:
         self.samplers: dict[tuple[str, str], asyncio.Task] = {}
         self.new_generation: dict[tuple, tuple[int, float]] = {}  # key -> (generation, monotonic when seen)
         self.failures: dict[tuple, int] = {}
+        self.new_models: set[tuple] = set()  # Models whose first pass waited already (_model_waits)
         self.executor = ThreadPoolExecutor(cfg.workers, thread_name_prefix="kiln-reconcile")
         self.event_executor = ThreadPoolExecutor(2, thread_name_prefix="kiln-events")
         self.events: asyncio.Queue = asyncio.Queue(maxsize=10_000)
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task] = []
+        self.side_tasks: set[asyncio.Task] = set()
         self.downloads: downloads.Downloads | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -91,6 +97,28 @@ class Controller:
                 self.new_generation[key] = (generation, time.monotonic())
         self.queue.add(key)
         operator_metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def trainingjob_deleted(self, namespace: str, body: dict) -> None:
+        """A deleted TrainingJob's reserved version becomes Failed (Cancelled), off the event loop."""
+        model = self.world.model(namespace, (body.get("spec") or {}).get("model"))
+        uid = (body.get("metadata") or {}).get("uid")
+        if model is None or not uid:
+            return
+        users = self.world.users_of(namespace, model["metadata"]["name"])
+
+        async def cancel() -> None:
+            try:
+                written = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, trainingjobs.cancel_deleted, model, uid, users)
+            except Exception:  # noqa: BLE001 - the Model's next reconcile is unaffected; say why
+                log.exception("could not cancel the version of deleted TrainingJob %s/%s", namespace, uid)
+                return
+            for w in written:
+                self.world.remember(w)
+
+        task = asyncio.create_task(cancel())
+        self.side_tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self.side_tasks.discard)
 
     def wake(self, namespace: str, name: str) -> bool:
         """The activator holds a request for this Deployment: there is traffic, whatever the samples say."""
@@ -173,8 +201,36 @@ class Controller:
         return deployments.Signals(desired=desired, wake=now - state.woken_at < WAKE_SIGNAL_SECONDS,
                                    canary=state.canary_seen, drift=drift, conflicts=list(state.conflicts))
 
+    def _runs_starting(self, ns: str, model: str) -> bool:
+        """Whether a run of this Model is about to reserve a version: its TrainingJob is queued or being
+        handled and has no Job yet for its spec generation."""
+        for name in self.world.trainingjobs_of(ns, model):
+            if not self.queue.busy(("TrainingJob", ns, name)):
+                continue
+            tj = self.world.trainingjob(ns, name) or {}
+            status = tj.get("status") or {}
+            if not status.get("jobName") or status.get("observedGeneration") != tj["metadata"].get("generation"):
+                return True
+        return False
+
+    def _model_waits(self, key: tuple) -> float:
+        """Seconds a Model's pass waits, or 0. A new Model's first pass waits a second (once): a run applied
+        with it (the same kubectl apply, the same GitOps sync) follows, and its reservation settles the Model
+        in the same write."""
+        _, ns, name = key
+        if self._runs_starting(ns, name):
+            return MODEL_AFTER_RUNS
+        model = self.world.model(ns, name)
+        if model is not None and not model.get("status") and key not in self.new_models:
+            self.new_models.add(key)
+            return NEW_MODEL_WAIT
+        return 0.0
+
     async def _handle(self, key: tuple) -> None:
         kind, ns, name = key
+        if kind == "Model" and (wait := self._model_waits(key)):
+            self.queue.add_after(key, wait)
+            return
         snapshot = self._snapshot(key)
         if not snapshot:
             self._forget(key)
@@ -255,6 +311,7 @@ class Controller:
         self.queue.forget(key)
         self.new_generation.pop(key, None)
         self.failures.pop(key, None)
+        self.new_models.discard(key)
         if kind == "Deployment":
             self.states.pop((ns, name), None)
             task = self.samplers.pop((ns, name), None)

@@ -74,8 +74,10 @@ def ready(**_) -> bool:
 
 # --- the Kiln kinds -------------------------------------------------------------------------------
 @kopf.on.event(resources.TRAININGJOBS)
-async def trainingjob_event(namespace, name, body, memo: kopf.Memo, **_) -> None:
+async def trainingjob_event(namespace, name, body, type, memo: kopf.Memo, **_) -> None:
     memo.controller.notice("TrainingJob", namespace, name, body)
+    if type == "DELETED":  # the version its run reserved is cancelled (its Jobs go with it)
+        memo.controller.trainingjob_deleted(namespace, body)
 
 
 @kopf.on.event(resources.MODELS)

@@ -35,27 +35,27 @@ def controller_uid(obj: dict) -> str | None:
     return None
 
 
-def _kiln(body) -> dict:
-    """A Kiln object as the decisions read it: a null in its spec means unset (specs.without_nulls)."""
+def _kiln(kind: str, body) -> dict:
+    """A Kiln object as the decisions read it: a null its schema allows in the spec means unset."""
     obj = _plain(body)
     if isinstance(obj.get("spec"), dict):
-        obj["spec"] = specs.without_nulls(obj["spec"])
+        obj["spec"] = specs.spec_without_nulls(kind, obj["spec"])
     return obj
 
 
 @kopf.index(resources.TRAININGJOBS)
 async def kiln_trainingjobs(namespace, name, body, **_):
-    return {(namespace, name): _kiln(body)}
+    return {(namespace, name): _kiln("TrainingJob", body)}
 
 
 @kopf.index(resources.MODELS)
 async def kiln_models(namespace, name, body, **_):
-    return {(namespace, name): _kiln(body)}
+    return {(namespace, name): _kiln("Model", body)}
 
 
 @kopf.index(resources.DEPLOYMENTS)
 async def kiln_deployments(namespace, name, body, **_):
-    return {(namespace, name): _kiln(body)}
+    return {(namespace, name): _kiln("Deployment", body)}
 
 
 @kopf.index(resources.TRAININGJOBS)

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import json
 
-from kiln_operator import labels, security
+from kiln_contract import search_plan
+from kiln_operator import labels, search_shards, security
+
+SHARD_LABEL = "kiln.dev/search-shard"
 
 
 def job_name(training_job: str, version: int) -> str:
     return labels.dns_name(training_job, f"v{version}")
 
 
-def build_job(tj: dict, *, version: int, run: str, output: str, image: str, s3_secret: str) -> dict:
-    """The Job that trains one run of tj and writes its artifacts under output."""
+def build_job(tj: dict, *, version: int, run: str, output: str, image: str, s3_secret: str,
+              search_results: str | None = None, shard: tuple[int, int] | None = None) -> dict:
+    """The Job that trains one run of tj and writes its artifacts under output.
+
+    With search_results (a search across pods, see search_shards): the pods read and write the
+    per-candidate results there; with shard (index, shards) the Job evaluates that shard only."""
     meta, spec = tj["metadata"], tj["spec"]
-    name = job_name(meta["name"], version)
+    name = job_name(meta["name"], version) if shard is None else search_shards.shard_job_name(
+        meta["name"], version, shard[0])
     lbl = {**labels.MANAGED_BY, "app.kubernetes.io/name": "kiln-trainer", labels.TRAININGJOB: meta["name"],
            labels.MODEL: spec["model"], labels.VERSION: str(version)}
+    if shard is not None:
+        lbl[SHARD_LABEL] = str(shard[0])
     resources = spec.get("resources") or {}
     requests, limits = {}, {}
     for key in ("cpu", "memory"):
@@ -39,6 +49,8 @@ def build_job(tj: dict, *, version: int, run: str, output: str, image: str, s3_s
             {"name": "KILN_TRAININGJOB", "value": meta["name"]},
             {"name": "KILN_RUN", "value": run},
             {"name": "KILN_TERMINATION_LOG", "value": "/dev/termination-log"},
+            *([{"name": search_plan.RESULTS_ENV, "value": search_results}] if search_results else []),
+            *([{"name": search_plan.SHARD_ENV, "value": f"{shard[0]}/{shard[1]}"}] if shard else []),
         ],
         # Credentials come from a Secret, never from the custom resource.
         "envFrom": [{"secretRef": {"name": s3_secret}}],

@@ -8,10 +8,11 @@ written by the controller, and only where it changes.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from croniter import croniter
 
-from kiln_contract import checksums, storage
+from kiln_contract import checksums, search_plan, storage
 from kiln_contract import spec as specs
 from kiln_operator import (
     artifacts,
@@ -23,6 +24,7 @@ from kiln_operator import (
     models,
     operator_metrics,
     registry,
+    search_shards,
     tenancy,
     trainingjob_builder,
 )
@@ -85,6 +87,10 @@ def reconcile(world: TrainingWorld, cfg: Settings, now: dt.datetime | None = Non
     except specs.SpecError as exc:
         return Result(status=invalid_spec("TrainingJob", tj, exc))
     if status.get("phase") in ACTIVE and status.get("jobName"):
+        if spec.get("suspend"):
+            return cancel(world, spec, status)
+        if (status.get("search") or {}).get("stage") == "shards":
+            return follow_search(world, spec, status, cfg)
         return follow(world, spec, status)
     due = due_run(tj, spec, status, now)
     if due is None:
@@ -151,18 +157,32 @@ def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: st
     store = models.storage_of(model, cfg)
     version = models.reserve(model, store, owner + run, name, world.model_users, out.written)
     prefix = storage.version_prefix(store, spec["model"], version)
-    job = trainingjob_builder.build_job(tj, version=version, run=run, output=prefix, image=image,
-                                        s3_secret=cfg.s3_secret)
-    job_name = job["metadata"]["name"]
-    if kube.create_job(job):
-        operator_metrics.JOBS_STARTED.inc()
-    out.jobs_created.append((ns, job_name))
+    plan = search_plan.plan(spec.get("search"))
+    search = None
+    if plan is None:
+        job = trainingjob_builder.build_job(tj, version=version, run=run, output=prefix, image=image,
+                                            s3_secret=cfg.s3_secret)
+        job_name = job["metadata"]["name"]
+        if kube.create_job(job):
+            operator_metrics.JOBS_STARTED.inc()
+        out.jobs_created.append((ns, job_name))
+        message = f"Job {job_name} trains version {version}"
+    else:  # a search across pods: the shards first, the training Job once they are done (search_shards)
+        job_name = trainingjob_builder.job_name(name, version)
+        # the run's spec is kept with its search: a spec edited mid-run applies to the next run, as for one Job.
+        # As a JSON string: a merge patch of status would drop the nulls in it (max_depth: [2, null]).
+        search = {**search_shards.initial(plan), "spec": json.dumps(tj["spec"], sort_keys=True)}
+        decision = search_shards.decide(search, {}, {}, set())
+        search = decision.search
+        _create_shards(tj, decision.create, plan.shards, version, run, prefix, image, cfg, out)
+        message = (f"search of {plan.candidates} candidates in {plan.shards} shards ({plan.parallelism} at once) "
+                   f"for version {version}; Job {job_name} trains the best")
     out.status = {
         "phase": "Pending", "run": run, "jobName": job_name, "modelVersion": version, "artifactURI": prefix,
         "attempts": 1, "startTime": conditions.now(), "completionTime": None, "metrics": None,
-        "mainMetric": None, "bestParams": None, "sha256": None, "gatesPassed": None,
+        "mainMetric": None, "bestParams": None, "sha256": None, "gatesPassed": None, "search": search,
         "observedGeneration": generation,
-        "conditions": _condition(status, "Unknown", "JobCreated", f"Job {job_name} trains version {version}",
+        "conditions": _condition(status, "Unknown", "JobCreated" if plan is None else "SearchStarted", message,
                                  generation),
     }
     if tick:
@@ -170,8 +190,103 @@ def start(world: TrainingWorld, spec: dict, status: dict, cfg: Settings, run: st
         runs = [r for r in status.get("runs") or [] if r.get("run") != run]
         out.status["runs"] = (runs + [{"run": run, "job": job_name, "version": version, "phase": "Pending",
                                        "scheduledAt": tick}])[-RUNS_KEPT:]
-    out.events.append(("Normal", "JobCreated", f"Job {job_name} trains version {version} of Model {spec['model']}"))
+    out.events.append(("Normal", "JobCreated" if plan is None else "SearchStarted",
+                       f"{message} of Model {spec['model']}"))
     return out
+
+
+def _create_shards(tj: dict, shards: list[int], total: int, version: int, run: str, prefix: str, image: str,
+                   cfg: Settings, out: Result) -> None:
+    results = f"{prefix}/{search_plan.RESULTS_DIR}"
+    for k in shards:
+        job = trainingjob_builder.build_job(tj, version=version, run=run, output=prefix, image=image,
+                                            s3_secret=cfg.s3_secret, search_results=results, shard=(k, total))
+        if kube.create_job(job):
+            operator_metrics.JOBS_STARTED.inc()
+        out.jobs_created.append((tj["metadata"]["namespace"], job["metadata"]["name"]))
+        out.acted = True
+
+
+def follow_search(world: TrainingWorld, spec: dict, status: dict, cfg: Settings) -> Result:
+    """The shards of a search across pods: create them as parallelism allows, show progress, then start
+    the training Job with the results; a shard that failed for good fails the run."""
+    meta = world.tj["metadata"]
+    generation, version, prefix = meta["generation"], status["modelVersion"], status["artifactURI"]
+    search = status["search"]
+    tj = {**world.tj, "spec": json.loads(search["spec"]) if search.get("spec") else world.tj["spec"]}  # as started
+    decision = search_shards.decide(search, world.shard_jobs, world.shard_pods, world.shard_expected)
+    patch: dict = {"observedGeneration": generation, "search": decision.search,
+                   "attempts": max(decision.attempts, status.get("attempts") or 0)}
+    if decision.failed is not None:
+        _delete_shards(world, version, search)
+        shard_job = search_shards.shard_job_name(meta["name"], version, decision.failed_shard)
+        failed = decision.failed
+        failed.message = f"search shard {decision.failed_shard} (Job {shard_job}): {failed.message}"
+        return _failed(world, spec, status, patch, failed, version, shard_job)
+    out = Result(events=[])
+    image = images.choose(tj["spec"].get("image"), cfg.trainer_image, cfg.allowed_images, "spec.image")
+    _create_shards(tj, decision.create, search["shards"], version, status["run"], prefix, image, cfg, out)
+    patch["phase"] = decision.phase
+    if decision.finished:
+        job = trainingjob_builder.build_job(tj, version=version, run=status["run"], output=prefix, image=image,
+                                            s3_secret=cfg.s3_secret,
+                                            search_results=f"{prefix}/{search_plan.RESULTS_DIR}")
+        if kube.create_job(job):
+            operator_metrics.JOBS_STARTED.inc()
+        out.jobs_created.append((meta["namespace"], status["jobName"]))
+        out.acted = True
+        best = decision.search.get("bestParams")
+        message = (f"search done ({decision.search['progress']}); Job {status['jobName']} fits the best candidate"
+                   + (f" {best}" if best else ""))
+        patch["phase"] = "Running"
+        patch["conditions"] = _condition(status, "Unknown", "SearchDone", message[:1000], generation)
+        out.events.append(("Normal", "SearchDone", message[:1000]))
+    elif decision.phase == "Running" and status.get("phase") != "Running":
+        patch["conditions"] = _condition(status, "Unknown", "Searching",
+                                         f"search shards running: {decision.search['progress']}", generation)
+        out.events.append(("Normal", "Running", f"search shards of version {version} are running"))
+    out.status = _with_run(status, patch)
+    return out
+
+
+def _delete_shards(world: TrainingWorld, version: int, search: dict) -> None:
+    name, ns = world.tj["metadata"]["name"], world.tj["metadata"]["namespace"]
+    for k in range(int(search.get("shards") or 0)):
+        if world.shard_jobs.get(k) is not None or k in world.shard_expected:
+            kube.delete_job(ns, search_shards.shard_job_name(name, version, k))
+
+
+def cancel(world: TrainingWorld, spec: dict, status: dict) -> Result:
+    """spec.suspend during a run: its Jobs (and so their pods) go, its version is Failed, nothing is registered."""
+    tj = world.tj
+    meta = tj["metadata"]
+    generation, version, job_name = meta["generation"], status["modelVersion"], status["jobName"]
+    if status.get("search"):
+        _delete_shards(world, version, status["search"])
+    if world.job is not None or world.job_expected or not status.get("search"):
+        kube.delete_job(meta["namespace"], job_name)
+    out = Result(acted=True)
+    message = f"spec.suspend is true: the run of version {version} was cancelled; its pods are deleted"
+    if world.model is not None:
+        models.fail_version(world.model, version, "Cancelled: spec.suspend", world.model_users, out.written)
+    patch = {"phase": "Failed", "completionTime": conditions.now(), "observedGeneration": generation,
+             "conditions": _condition(status, False, "Cancelled", message, generation)}
+    out.events.append(("Warning", "Cancelled", message))
+    out.status = _with_run(status, patch)
+    return out
+
+
+def cancel_deleted(model: dict | None, tj_uid: str, users: list[dict]) -> list[dict]:
+    """A TrainingJob was deleted: its Jobs go with it (ownerReferences); the version its run reserved
+    becomes Failed (reason Cancelled), so nothing is ever registered for it. Returns what was written."""
+    written: list[dict] = []
+    if model is None:
+        return written
+    for v in (model.get("status") or {}).get("versions") or []:
+        if v.get("state") == "Pending" and str(v.get("run", "")).startswith(f"{tj_uid}/"):
+            models.fail_version(written[-1] if written else model, v["version"], "Cancelled: TrainingJob deleted",
+                                users, written)
+    return written
 
 
 def follow(world: TrainingWorld, spec: dict, status: dict) -> Result:
@@ -191,7 +306,8 @@ def follow(world: TrainingWorld, spec: dict, status: dict) -> Result:
         if out_job.phase == "Running" and status.get("phase") != "Running":
             events.append(("Normal", "Running", f"training pod of {job_name} is running"))
             patch["conditions"] = _condition(status, "Unknown", "Running", f"Job {job_name} is running", generation)
-        patch["phase"] = out_job.phase
+        # a search across pods is Running from its first shard on, also while the training Job's pod starts
+        patch["phase"] = "Running" if status.get("search") and status.get("phase") == "Running" else out_job.phase
         return Result(status=_with_run(status, patch), events=events)
     if out_job.phase == "Succeeded":
         stored = artifacts.read_card(prefix)

@@ -56,6 +56,10 @@ class WorkQueue:
         self._processing.add(key)
         return key
 
+    def busy(self, key: Hashable) -> bool:
+        """Whether key is queued or being handled now (a delayed add does not count)."""
+        return key in self._dirty or key in self._processing
+
     def done(self, key: Hashable) -> None:
         self._processing.discard(key)
         if key in self._dirty:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from kiln_operator import search_shards
+
 EXPECT_SECONDS = 60.0  # how long a Job we created may be missing from the watch before we believe it is gone
 
 
@@ -42,6 +44,10 @@ class TrainingWorld:
     job_expected: bool  # we created that Job moments ago; the watch has not shown it yet
     pods: list[dict]
     storage_checked: bool = True  # the Model's storage was listed (versions from before a rebuild adopted)
+    # a search across pods (search_shards): shard -> its Job (None if unseen), its pods; shards created moments ago
+    shard_jobs: dict = field(default_factory=dict)
+    shard_pods: dict = field(default_factory=dict)
+    shard_expected: set = field(default_factory=set)
 
 
 @dataclass
@@ -116,9 +122,28 @@ class World:
             created = None
         pods = _all(self.indexes.get("kiln_pods"), (ns, "job", job_name)) if job_name else []
         model = self.model(ns, model_name)
-        return TrainingWorld(tj=tj, model=model, model_users=self.users_of(ns, model_name),
-                             job=job, job_expected=created is not None, pods=pods,
-                             storage_checked=model is None or model["metadata"].get("uid") in self.storage_checked)
+        world = TrainingWorld(tj=tj, model=model, model_users=self.users_of(ns, model_name),
+                              job=job, job_expected=created is not None, pods=pods,
+                              storage_checked=model is None or model["metadata"].get("uid") in self.storage_checked)
+        self._shards(world, ns, name)
+        return world
+
+    def _shards(self, world: TrainingWorld, ns: str, name: str) -> None:
+        status = world.tj.get("status") or {}
+        search = status.get("search") or {}
+        if not search.get("shards") or status.get("modelVersion") is None:
+            return
+        for k in range(int(search["shards"])):
+            job_name = search_shards.shard_job_name(name, status["modelVersion"], k)
+            job = _one(self.indexes.get("kiln_jobs"), (ns, job_name))
+            created = self.expected_jobs.get((ns, job_name))
+            if job is not None or (created and time.monotonic() - created > EXPECT_SECONDS):
+                self.expected_jobs.pop((ns, job_name), None)
+                created = None
+            world.shard_jobs[k] = job
+            world.shard_pods[k] = _all(self.indexes.get("kiln_pods"), (ns, "job", job_name)) if job else []
+            if created is not None:
+                world.shard_expected.add(k)
 
     def registry(self, ns: str, name: str) -> ModelWorld | None:
         model = self.model(ns, name)

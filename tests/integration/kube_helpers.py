@@ -26,3 +26,21 @@ def create(custom, ns: str, plural: str, kind: str, name: str, spec: dict) -> No
 
 def get(custom, ns: str, plural: str, name: str) -> dict:
     return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+
+
+def model_versions(custom, ns: str, name: str, bucket: str) -> dict[int, dict]:
+    """Every version of a Model in the namespace's default storage: its status entries and those it moved
+    to the history index (<storage>/<model>/index/), status winning where both hold one."""
+    import json
+
+    from kiln_contract import storage
+
+    s3 = storage.s3_client()
+    loc = storage.parse_s3(f"s3://{bucket}/models/{ns}/{name}/index/")
+    found: dict[int, dict] = {}
+    for obj in s3.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key).get("Contents", []):
+        body = json.loads(s3.get_object(Bucket=loc.bucket, Key=obj["Key"])["Body"].read())
+        found.update({v["version"]: v for v in body["versions"]})
+    status = get(custom, ns, "models", name).get("status") or {}
+    found.update({v["version"]: v for v in status.get("versions") or []})
+    return found

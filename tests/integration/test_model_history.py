@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from kube_helpers import GROUP, VERSION, create, get, wait_until
+from kube_helpers import GROUP, VERSION, create, get, model_versions, wait_until
 from kubernetes import client
 
 from kiln_contract import card as cards
@@ -63,20 +63,9 @@ def store(kiln_ns, s3_env):
             s3.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys})
 
 
-def index_numbers(store: str, model: str) -> set[int]:
-    s3 = storage.s3_client()
-    loc = storage.parse_s3(f"{store}/{model}/index/")
-    found = set()
-    for obj in s3.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key).get("Contents", []):
-        body = json.loads(s3.get_object(Bucket=loc.bucket, Key=obj["Key"])["Body"].read())
-        found |= {v["version"] for v in body["versions"]}
-    return found
-
-
 def all_versions(custom, ns: str, store: str) -> tuple[dict, set[int]]:
-    model = get(custom, ns, "models", "many")
-    status = model.get("status") or {}
-    return model, {v["version"] for v in status.get("versions") or []} | index_numbers(store, "many")
+    bucket = storage.parse_s3(store).bucket
+    return get(custom, ns, "models", "many"), set(model_versions(custom, ns, "many", bucket))
 
 
 def adopted(custom, ns: str):

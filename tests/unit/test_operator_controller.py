@@ -53,6 +53,32 @@ def test_queue_add_after_keeps_the_earliest_deadline():
     asyncio.run(scenario())
 
 
+def test_a_model_waits_while_one_of_its_runs_is_queued_or_being_handled():
+    from kiln_operator.controller import Controller
+    from kiln_operator.settings import Settings
+
+    async def scenario():
+        tj = {"metadata": {"name": "run-a", "namespace": "ns", "generation": 1}, "spec": {"model": "iris"}}
+        ctl = Controller(Settings(), {"trainingjobs_by_model": {("ns", "iris"): ["run-a"]},
+                                      "kiln_trainingjobs": {("ns", "run-a"): [tj]}})
+        assert not ctl._runs_starting("ns", "iris")
+        ctl.queue.add(("TrainingJob", "ns", "run-a"))
+        assert ctl._runs_starting("ns", "iris") and not ctl._runs_starting("ns", "other")
+        key = await ctl.queue.get()  # being handled: still starting
+        assert ctl._runs_starting("ns", "iris")
+        ctl.queue.done(key)
+        assert not ctl._runs_starting("ns", "iris")
+        ctl.queue.add_after(("TrainingJob", "ns", "run-a"), 60)  # a retry later is not a run starting now
+        assert not ctl._runs_starting("ns", "iris")
+        tj["status"] = {"jobName": "run-a-v1", "observedGeneration": 1}
+        ctl.queue.add(("TrainingJob", "ns", "run-a"))  # an event of a run that has its Job: not starting
+        assert not ctl._runs_starting("ns", "iris")
+        ctl.executor.shutdown()
+        ctl.event_executor.shutdown()
+
+    asyncio.run(scenario())
+
+
 # --- children: apply what changed, prune what is ours, never touch others ------------------------
 def svc(name="iris", uid="u1", applied=None, kind="Service") -> dict:
     meta = {"name": name, "ownerReferences": [{"uid": uid, "controller": True}] if uid else []}
