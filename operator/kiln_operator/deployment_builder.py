@@ -5,6 +5,7 @@ from __future__ import annotations
 from kiln_operator import labels, security
 
 PORT = 8080
+GRPC_PORT = 8081  # the Open Inference Protocol over gRPC, on the pod and the Service
 DEPLOYMENT = "kiln.dev/deployment"
 TRACK = "kiln.dev/track"
 
@@ -29,7 +30,9 @@ def build_service(dep: dict) -> dict:
                      "labels": {**labels.MANAGED_BY, "app.kubernetes.io/name": "kiln-server",
                                 **selector(meta["name"])}},
         "spec": {"selector": selector(meta["name"]),
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                           {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                            "appProtocol": "kubernetes.io/h2c"}]},
     }
 
 
@@ -50,8 +53,11 @@ def runtime_for(spec: dict, entry: dict) -> tuple[str, str]:
     return "sklearn", fmt
 
 
-def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, image: str, s3_secret: str) -> dict:
-    """The apps/v1 Deployment that serves one version of the model (replicas None: an HPA owns them)."""
+def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, image: str, s3_secret: str,
+                 logging=None) -> dict:
+    """The apps/v1 Deployment that serves one version of the model (replicas None: an HPA owns them).
+
+    logging: a payload_logging.Logging when spec.logging is on (see payload_logging.resolve)."""
     meta, spec = dep["metadata"], dep["spec"]
     version = entry["version"]
     runtime, fmt = runtime_for(spec, entry)
@@ -77,12 +83,24 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, im
         {"name": "KILN_CACHE_DIR", "value": "/tmp/kiln-model"},
         {"name": "KILN_BATCH_MAX_SIZE", "value": str(batching.get("maxBatchSize", 32))},
         {"name": "KILN_BATCH_MAX_LATENCY_MS", "value": str(batching.get("maxLatencyMs", 1))},
+        {"name": "KILN_GRPC_PORT", "value": str(GRPC_PORT)},
     ]
+    if logging is not None:
+        env += [
+            {"name": "KILN_PAYLOAD_LOG_URI", "value": logging.uri},
+            {"name": "KILN_PAYLOAD_LOG_SAMPLE_RATE", "value": repr(float(logging.sample_rate))},
+            # A writable credential for the records only, under names the artifact reads never use.
+            {"name": "KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID",
+             "valueFrom": {"secretKeyRef": {"name": logging.secret, "key": "AWS_ACCESS_KEY_ID"}}},
+            {"name": "KILN_PAYLOAD_LOG_AWS_SECRET_ACCESS_KEY",
+             "valueFrom": {"secretKeyRef": {"name": logging.secret, "key": "AWS_SECRET_ACCESS_KEY"}}},
+        ]
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2,
              "failureThreshold": 3}
     container = {
         "name": "server", "image": image,
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"},
+                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": env, "envFrom": [{"secretRef": {"name": s3_secret}}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,

@@ -10,8 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln_contract import spec as specs
-from kiln_operator import apply, conditions, deployment_builder, kube, labels, operator_metrics, serving_metrics
-from kiln_operator.reconcile import Result, invalid_spec
+from kiln_operator import (
+    apply,
+    conditions,
+    deployment_builder,
+    kube,
+    labels,
+    operator_metrics,
+    payload_logging,
+    serving_metrics,
+    tenancy,
+)
+from kiln_operator.reconcile import Result, invalid_spec, refused
 from kiln_operator.serving_decide import Observed, Plan, decide
 from kiln_operator.settings import Settings
 from kiln_operator.world import ServingWorld
@@ -44,11 +54,13 @@ def api_versions() -> dict[str, str]:
 
 
 def desired_children(dep: dict, plan: Plan, cfg: Settings, versions: dict[str, str]) -> list[dict]:
-    """The manifests a plan asks for (pure, given the API versions)."""
+    """The manifests a plan asks for (pure, given the API versions). Raises tenancy.NotAllowed (spec.logging)."""
     out = [deployment_builder.build_service(dep)]
+    logging = payload_logging.resolve(dep, cfg)
     for version, (track, replicas) in sorted(plan.servers.items()):
         out.append(deployment_builder.build_server(dep, plan.entries[version], track=track, replicas=replicas,
-                                                   image=plan.image, s3_secret=cfg.s3_serving_secret))
+                                                   image=plan.image, s3_secret=cfg.s3_serving_secret,
+                                                   logging=logging))
     if plan.hpa_for is not None:
         name = deployment_builder.server_name(dep["metadata"]["name"], plan.hpa_for)
         out.append(deployment_builder.build_hpa(dep, name, versions["HorizontalPodAutoscaler"]))
@@ -65,10 +77,16 @@ def reconcile(world: ServingWorld, signals: Signals, cfg: Settings, now: float) 
     except specs.SpecError as exc:
         return Result(status=invalid_spec("Deployment", dep, exc))
     dep = {**dep, "spec": spec}
+    try:
+        logging = payload_logging.resolve(dep, cfg)
+    except tenancy.NotAllowed as exc:
+        return Result(status=refused("Deployment", dep, "StorageNotAllowed", exc))
     ready, replicas = counts(world)
     plan = decide(Observed(dep=dep, model=world.model, ready=ready, replicas=replicas, desired=signals.desired,
                            now=now, wake=signals.wake, canary=signals.canary, drift=signals.drift,
                            conflicts=signals.conflicts), cfg)
+    plan.status["grpcTarget"] = f"{meta['name']}.{meta['namespace']}.svc:{deployment_builder.GRPC_PORT}"
+    plan.status["payloadLogUri"] = logging.uri if logging is not None else None
     out = Result(status=plan.status, events=plan.events, requeue_after=plan.requeue_after)
     versions = api_versions()
     conflicts, out.acted = apply.sync(meta["namespace"], desired_children(dep, plan, cfg, versions),

@@ -69,7 +69,8 @@ async def run(ctl, key: tuple[str, str]) -> None:
 
 
 async def _check_drift(state, spec: dict, status: dict, model: dict | None, now: float) -> bool:
-    """Every drift.interval seconds: PSI of the serving version's live inputs vs its training data."""
+    """Every drift.interval seconds: PSI of the serving version's live inputs vs its training data, and of its
+    predictions vs the test split's (drift.assess_all)."""
     cfg = (spec.get("monitoring") or {}).get("drift") or {}
     serving = status.get("servingVersion")
     if not cfg.get("enabled") or not serving or now - state.drift_checked < cfg.get("interval", 60):
@@ -79,9 +80,8 @@ async def _check_drift(state, spec: dict, status: dict, model: dict | None, now:
         uri = _version_uri(model, serving)
         stored = await asyncio.to_thread(artifacts.read_card, uri) if uri else None
         state.cards[serving] = stored.card if stored else {}
-    distributions = (state.cards[serving].get("features") or {}).get("distributions") or {}
-    drifted, scores = drift.assess(distributions, state.live_inputs(serving), cfg.get("threshold", 0.2),
-                                   cfg.get("minSamples", 100))
+    drifted, scores = drift.assess_all(state.cards[serving], state.live_inputs(serving), state.live_outputs(serving),
+                                       cfg.get("threshold", 0.2), cfg.get("minSamples", 100))
     before = state.drift
     state.drift = (serving, drifted, scores)
     return before is None or before[:2] != state.drift[:2] or before[2] != scores

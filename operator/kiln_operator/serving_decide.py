@@ -239,18 +239,21 @@ def _drift(spec: dict, st: _Status, serving, drift) -> str | None:
     threshold = cfg.get("threshold", 0.2)
     if drifted is None:
         st.cond("Drifted", "Unknown", "InsufficientData",
-                f"fewer than {cfg.get('minSamples', 100)} live values per feature so far")
+                f"fewer than {cfg.get('minSamples', 100)} live values per feature (and prediction) so far")
         return None
     if not drifted:
-        st.cond("Drifted", False, "NoDrift", f"every feature's PSI is at most {threshold}")
+        st.cond("Drifted", False, "NoDrift", f"every feature's and the predictions' PSI is at most {threshold}")
         return None
     worst = sorted(((v, f) for f, v in scores.items() if v > threshold), reverse=True)
     message = "; ".join(f"{f} PSI {v:.2f}" for v, f in worst[:5]) + f" > {threshold}"
+    # drift.OUTPUT ("output:label") scores the predictions; every other key is an input feature
+    inputs = any(f != "output:label" for _, f in worst)
     already = st.is_true("Drifted")
-    st.cond("Drifted", True, "FeatureDrift", message)
+    st.cond("Drifted", True, "FeatureDrift" if inputs else "PredictionDrift", message)
     if already:
         return None
-    st.events.append(("Warning", "Drifted", f"input drift on version {serving}: {message}"))
+    what = "input drift" if inputs else "prediction drift"
+    st.events.append(("Warning", "Drifted", f"{what} on version {serving}: {message}"))
     return cfg.get("retrain")
 
 

@@ -56,6 +56,14 @@ class ServingState:
     def reset_canary(self) -> None:
         self.canary_seen = None
 
+    def live_outputs(self, version: int) -> dict:
+        """Category and prediction counts of a version's pods (drift.live_counts, merged)."""
+        live: dict = {}
+        for v, text in self.texts.values():
+            if v == version:
+                live = drift.merge_counts(live, drift.live_counts(text))
+        return live
+
     def live_inputs(self, version: int) -> dict:
         live: dict = {}
         for v, text in self.texts.values():

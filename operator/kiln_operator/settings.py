@@ -39,6 +39,11 @@ class Settings:
     # Serving pods only read artifacts: a Secret with read-only credentials where the store has them.
     s3_serving_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_SERVING_SECRET")
                                    or os.environ.get("KILN_S3_SECRET", "kiln-s3"))
+    # Serving pods with spec.logging on write payload-log records with this Secret's AWS_ACCESS_KEY_ID /
+    # AWS_SECRET_ACCESS_KEY (given to the server under other names; its own credentials stay read-only). Point
+    # it at credentials that may only write under the log prefixes where the store supports such policies.
+    s3_logging_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_LOGGING_SECRET")
+                                   or os.environ.get("KILN_S3_SECRET", "kiln-s3"))
     # Where the operator serves /metrics and the activator's POST /wake/<ns>/<name>: host:port, or "" for none.
     listen: str = field(default_factory=lambda: os.environ.get("KILN_OPERATOR_LISTEN", "0.0.0.0:8082"))
     # Reconcile worker threads (API calls block; the event loop never does).

@@ -13,9 +13,11 @@ routes of the served model are matched by one dict lookup.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
+import uuid
 from importlib import metadata
 
 import numpy as np
@@ -56,6 +58,8 @@ class App:
         self.ready = False
         self.server_version = _version()
         self.limits = Limits(max_elements=cfg.max_elements, max_string_length=cfg.max_string_length)
+        self.payload_log = None  # kiln_server.payload_log.PayloadLog when --payload-log-uri is set
+        self.grpc = None  # the gRPC server (kiln_server.grpc_server) when --grpc-port is set
         if runtime is not None:
             self._attach(runtime)
 
@@ -75,9 +79,10 @@ class App:
         self.batcher = Batcher(runtime.predict, self.cfg.batch_max_size, self.cfg.batch_max_latency_ms / 1000,
                                on_batch=self.metrics.batch)
         self.batcher.seed(getattr(runtime, "seconds_per_call", 0.0))
-        self.metadata = dumps(model_metadata(self.name, self.version, runtime.platform, self.schema, {
+        self.metadata_doc = model_metadata(self.name, self.version, runtime.platform, self.schema, {
             "runtime": runtime.name, "sha256": self.artifact.sha256, "format": self.artifact.format,
-        }))
+        })
+        self.metadata = dumps(self.metadata_doc)
         v = self.version
         self.infer_routes = {
             f"/v2/models/{self.name}/infer": self.infer_v2,
@@ -89,6 +94,14 @@ class App:
     async def _startup(self) -> None:
         if self.runtime is None:
             self.load()
+        if self.cfg.payload_log_uri and self.payload_log is None:
+            from kiln_server.payload_log import PayloadLog
+
+            self.payload_log = PayloadLog.from_config(self.cfg, self.schema, self.metrics)
+        if self.cfg.grpc_port and self.grpc is None:
+            from kiln_server import grpc_server
+
+            self.grpc = await grpc_server.start(self)
         self.ready = True
         self._task = None
         if self.metrics.multiproc_dir:
@@ -106,6 +119,12 @@ class App:
         self.ready = False
         if getattr(self, "_task", None) is not None:
             self._task.cancel()
+        if self.grpc is not None:
+            await self.grpc.stop(self.cfg.graceful_timeout_s)  # in-flight calls finish; new ones are refused
+            self.grpc = None
+        if self.payload_log is not None:
+            self.payload_log.close()  # what is queued is written, within a few seconds
+            self.payload_log = None
         if self.runtime is not None:
             self.batcher.close()
             self.metrics.close()
@@ -261,23 +280,16 @@ class App:
                 # The parsed JSON can weigh tens of times the body; a queued request keeps only its arrays.
                 req = body = None
                 queued = True
-                if batcher.can_run_now():
-                    label, probs = batcher.run_now(batch.x, batch.n)
-                else:
-                    label, probs = await batcher.submit(batch.x, batch.n)
-                ok = finite_rows(label, probs)
-                if not ok.all():
-                    rows = np.flatnonzero(~ok)
-                    raise ClientError(
-                        422, f"the model gave a non-finite result for row(s) {_names(int(r) for r in rows)}; "
-                        "check those rows for infinite or out-of-range values"
-                    )
+                label, probs = await self.predict(batch)
                 if v2:
                     payload = v2_response(self.name, self.version, batch.id, self.schema, label, probs,
                                           batch.outputs)
                 else:
                     payload = v1_response(label)
                 status = 200
+                if self.payload_log is not None:
+                    self.payload_log.offer("rest-v2" if v2 else "rest-v1", _request_id(batch.id, scope), batch.x,
+                                           batch.n, label, probs, time.perf_counter() - t0)
             except ClientError as exc:
                 status, payload = exc.status, dumps({"error": exc.message})
                 close = exc.status == 413 and getattr(exc, "close", False)
@@ -294,6 +306,26 @@ class App:
         finally:
             metrics.in_flight.dec()
             metrics.request(status, time.perf_counter() - t0)
+
+    async def predict(self, batch, batcher=None):
+        """The data plane after decoding, for every transport (REST and gRPC): the batcher (one model call for
+        what arrived together; `batcher`: the one of the calling loop, default REST's), then the check that
+        every row's answer is finite. The caller has called batcher.arrive(); this counts as its submit.
+        Returns (labels, probabilities | None); ClientError(422)."""
+        batcher = batcher or self.batcher
+        if batcher.can_run_now():
+            label, probs = batcher.run_now(batch.x, batch.n)
+        else:
+            label, probs = await batcher.submit(batch.x, batch.n)
+        ok = finite_rows(label, probs)
+        if not ok.all():
+            rows = np.flatnonzero(~ok)
+            raise ClientError(
+                422, f"the model gave a non-finite result for row(s) {_names(int(r) for r in rows)}; "
+                "check those rows for infinite or out-of-range values"
+            )
+        self.metrics.predicted(label)
+        return label, probs
 
     async def _body(self, scope, receive) -> bytes:
         limit = self.cfg.max_body_bytes
@@ -348,6 +380,26 @@ class App:
 
 
 _BASE_HEADERS = [(b"content-type", JSON)]
+
+
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ID_SEQ = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes: a random prefix per process and a counter (a uuid4 per request
+    would read the kernel's random pool on the request's path)."""
+    return f"{_ID_PREFIX}-{next(_ID_SEQ)}"
+
+
+def _request_id(rid: str | None, scope) -> str:
+    """The id a payload-log record carries: the V2 body's `id`, else the x-request-id header, else a new one."""
+    if rid:
+        return rid
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            return value.decode("latin-1")[:256]
+    return new_request_id()
 
 
 async def respond(send, status: int, body: bytes, ctype: bytes = JSON, extra=(), close: bool = False) -> None:

@@ -41,6 +41,12 @@ class Config:
     batch_max_latency_ms: float = 1.0
     graceful_timeout_s: float = 25.0
     log_level: str = "info"
+    grpc_port: int = 0  # 0: no gRPC listener
+    payload_log_uri: str = ""  # s3:// prefix for request/response records; "" = off
+    payload_log_sample_rate: float = 1.0
+    payload_log_queue: int = 10000  # records held at most while S3 is slow; past it they are dropped, counted
+    payload_log_batch: int = 2000  # records per object at most
+    payload_log_flush_s: float = 5.0  # an object is written at least this often while records wait
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -134,6 +140,21 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
                         help="longest a queued request waits for its batch to fill [KILN_BATCH_MAX_LATENCY_MS] (1)")
     parser.add_argument("--graceful-timeout-s", type=float, default=default("graceful_timeout_s", "25"),
                         help="on SIGTERM, how long in-flight requests may take [KILN_GRACEFUL_TIMEOUT_S] (25)")
+    parser.add_argument("--grpc-port", type=int, default=default("grpc_port", "0"),
+                        help="also serve the Open Inference Protocol over gRPC on this port; 0: no gRPC "
+                        "[KILN_GRPC_PORT] (0)")
+    parser.add_argument("--payload-log-uri", default=default("payload_log_uri", ""),
+                        help="s3:// prefix to write request/response records to (gzip JSON lines); empty: off "
+                        "[KILN_PAYLOAD_LOG_URI]")
+    parser.add_argument("--payload-log-sample-rate", type=float, default=default("payload_log_sample_rate", "1"),
+                        help="share of requests recorded, 0..1 [KILN_PAYLOAD_LOG_SAMPLE_RATE] (1)")
+    parser.add_argument("--payload-log-queue", type=int, default=default("payload_log_queue", "10000"),
+                        help="records held at most while the store is slow; more are dropped and counted "
+                        "[KILN_PAYLOAD_LOG_QUEUE] (10000)")
+    parser.add_argument("--payload-log-batch", type=int, default=default("payload_log_batch", "2000"),
+                        help="records per object at most [KILN_PAYLOAD_LOG_BATCH] (2000)")
+    parser.add_argument("--payload-log-flush-s", type=float, default=default("payload_log_flush_s", "5"),
+                        help="records wait at most this long before they are written [KILN_PAYLOAD_LOG_FLUSH_S] (5)")
     parser.add_argument("--log-level", default=default("log_level", "info"),
                         choices=["critical", "error", "warning", "info", "debug"], help="[KILN_LOG_LEVEL]")
     args = parser.parse_args(argv)
@@ -159,6 +180,19 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
     for flag in ("request_timeout_s", "keep_alive_timeout_s"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
+    if not 0 <= args.grpc_port <= 65535:
+        parser.error(f"--grpc-port {args.grpc_port} is not a TCP port")
+    if args.grpc_port and args.grpc_port == args.port:
+        parser.error(f"--grpc-port {args.grpc_port} is the HTTP port (--port); give gRPC a port of its own")
+    if not 0 <= args.payload_log_sample_rate <= 1:
+        parser.error("--payload-log-sample-rate must be between 0 and 1")
+    if args.payload_log_uri and not args.payload_log_uri.startswith("s3://"):
+        parser.error(f"--payload-log-uri {args.payload_log_uri!r} is not an s3:// prefix")
+    for flag in ("payload_log_queue", "payload_log_batch"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
+    if not args.payload_log_flush_s > 0:
+        parser.error("--payload-log-flush-s must be positive")
     if args.batch_max_size < 1:
         parser.error("--batch-max-size must be at least 1")
     if args.batch_max_latency_ms < 0:
@@ -197,4 +231,10 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         batch_max_latency_ms=args.batch_max_latency_ms,
         graceful_timeout_s=args.graceful_timeout_s,
         log_level=args.log_level,
+        grpc_port=args.grpc_port,
+        payload_log_uri=args.payload_log_uri,
+        payload_log_sample_rate=args.payload_log_sample_rate,
+        payload_log_queue=args.payload_log_queue,
+        payload_log_batch=args.payload_log_batch,
+        payload_log_flush_s=args.payload_log_flush_s,
     )

@@ -11,6 +11,18 @@
     kiln_feature_missing_total{model,version,feature}        counter, missing (NaN/null) inputs
     kiln_feature_nonfinite_total{model,version,feature}      counter, ±Infinity inputs, which are left out of
                                                              kiln_feature_value (see FeatureStats.fold)
+    kiln_feature_category_total{model,version,feature,category}  counter per categorical feature: values seen,
+                                                             by the training split's categories from the card
+                                                             (features.distributions frequencies); any other
+                                                             value counts as "__other__" (bounded labels)
+    kiln_prediction_label_total{model,version,label}         counter, predicted labels (classifiers), by the
+                                                             card's reference labels (predictions.frequencies,
+                                                             else features.classes); others as "__other__"
+    kiln_prediction_value{model,version}                     histogram of predicted values (regressors), buckets
+                                                             at the card's reference histogram edges
+                                                             (predictions.histogram)
+    kiln_payload_log_records_total{model,version,outcome}    counter, payload-log records: written, dropped
+                                                             (queue full: S3 slow or down), failed (S3 refused)
 
 With several worker processes, prometheus_client's multiprocess mode aggregates the
 standard metrics (PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is
@@ -22,6 +34,7 @@ second; /metrics sums the snapshots.
 
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import math
@@ -74,6 +87,7 @@ class FeatureStats:
         self.pending_rows = 0
         self.dirty = False
         self.lock = threading.Lock()
+        self.fold_lock = threading.Lock()  # REST's loop and gRPC's thread both fold
 
     def add(self, x) -> None:
         if not self.names:
@@ -90,6 +104,10 @@ class FeatureStats:
             self.fold()
 
     def fold(self) -> None:
+        with self.fold_lock:
+            self._fold()
+
+    def _fold(self) -> None:
         with self.lock:
             if not self.pending:
                 return
@@ -153,6 +171,135 @@ def merge(snapshots: list[dict]) -> dict:
     return out
 
 
+OTHER = "__other__"  # the trainer's name for every category past its most common ones (kiln_trainer.distributions)
+
+
+def training_categories(card: dict, feature: str) -> list[str]:
+    """The categories of a feature's training frequencies in the card (features.distributions), or []."""
+    dists = (card.get("features") or {}).get("distributions") or {}
+    dist = dists.get(feature) if isinstance(dists, dict) else None
+    freq = dist.get("frequencies") if isinstance(dist, dict) else None
+    if isinstance(freq, dict):
+        return [str(k) for k in freq if str(k) != OTHER]
+    learned = (card.get("features") or {}).get("categories") or {}  # older cards: the encoder's categories
+    values = learned.get(feature) if isinstance(learned, dict) else None
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def reference_labels(card: dict, schema) -> list[str]:
+    """The predicted labels a classifier's answers are counted by: the card's reference, else its classes."""
+    ref = card.get("predictions") if isinstance(card.get("predictions"), dict) else {}
+    freq = ref.get("frequencies")
+    if isinstance(freq, dict):
+        return [str(k) for k in freq if str(k) != OTHER]
+    classes = schema.classes if schema.classes is not None else (card.get("features") or {}).get("classes")
+    return [str(c.item() if isinstance(c, np.generic) else c) for c in classes or []]
+
+
+def reference_edges(card: dict) -> list[float]:
+    """Bin edges of a regressor's reference histogram of predicted values (card.predictions), or []."""
+    ref = card.get("predictions")
+    if not isinstance(ref, dict):
+        return []
+    return training_edges({"features": {"distributions": {"p": ref}}}, "p")
+
+
+class CountStats:
+    """Counts of string values per key (a categorical feature, or the predicted label) over what was served,
+    by a fixed set of known values; any other value counts as OTHER, so the label set stays bounded."""
+
+    def __init__(self, keys: list[str], known: list[list[str]]):
+        self.keys = keys
+        self.known = [set(k) for k in known]
+        self.counts: list[dict[str, int]] = [dict.fromkeys([*k, OTHER], 0) for k in known]
+        self.pending: list[list] = [[] for _ in keys]
+        self.pending_rows = 0
+        self.dirty = False
+        self.lock = threading.Lock()
+        self.fold_lock = threading.Lock()  # REST's loop and gRPC's thread both fold
+
+    def add(self, columns: list) -> None:
+        """One array of values per key, in key order."""
+        if not self.keys:
+            return
+        with self.lock:
+            for k, col in enumerate(columns):
+                self.pending[k].append(col)
+            self.pending_rows += len(columns[0])
+            self.dirty = True
+        if self.pending_rows >= FOLD_ROWS:
+            self.fold()
+
+    def fold(self) -> None:
+        with self.fold_lock:
+            self._fold()
+
+    def _fold(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, [[] for _ in self.keys]
+            self.pending_rows = 0
+        for k, parts in enumerate(pending):
+            if not parts:
+                continue
+            values = np.concatenate([np.asarray(p).reshape(-1) for p in parts])
+            counts, known = self.counts[k], self.known[k]
+            for v, c in collections.Counter(map(str, values.tolist())).items():
+                key = v if v in known else OTHER
+                counts[key] = counts.get(key, 0) + c
+
+    def snapshot(self) -> dict:
+        self.fold()
+        return {key: dict(self.counts[k]) for k, key in enumerate(self.keys)}
+
+
+def merge_counts(snapshots: list[dict]) -> dict:
+    out: dict = {}
+    for snap in snapshots:
+        for key, counts in snap.items():
+            target = out.setdefault(key, {})
+            for v, c in counts.items():
+                target[v] = target.get(v, 0) + c
+    return out
+
+
+class OutputCollector:
+    """Exposes category and prediction counts (merged over workers) for drift detection."""
+
+    def __init__(self, model: str, version: str, source):
+        self.model = model
+        self.version = version
+        self.source = source  # () -> {"categories": {...}, "labels": {...}, "values": FeatureStats snapshot}
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        snap = self.source()
+        m, v = self.model, self.version
+        cats = CounterMetricFamily("kiln_feature_category", "Categorical input values per feature, by the training "
+                                   "split's categories from the model card (others as __other__), for drift.",
+                                   labels=["model", "version", "feature", "category"])
+        for feature, counts in snap["categories"].items():
+            for cat, n in counts.items():
+                cats.add_metric([m, v, feature, cat], n)
+        yield cats
+        labels = CounterMetricFamily("kiln_prediction_label", "Predicted labels, by the model card's reference "
+                                     "labels (others as __other__), for prediction drift.",
+                                     labels=["model", "version", "label"])
+        for counts in snap["labels"].values():
+            for label, n in counts.items():
+                labels.add_metric([m, v, label], n)
+        yield labels
+        hist = HistogramMetricFamily("kiln_prediction_value", "Predicted values, bucketed at the model card's "
+                                     "reference histogram edges, for prediction drift.", labels=["model", "version"])
+        for st in snap["values"].values():
+            cum = np.cumsum(st["counts"]).tolist()
+            buckets = [(floatToGoString(e), cum[i]) for i, e in enumerate(st["edges"])]
+            buckets.append(("+Inf", cum[-1]))
+            hist.add_metric([m, v], buckets, st["sum"])
+        yield hist
+
+
 class FeatureCollector:
     """Exposes merged FeatureStats snapshots as a histogram family with per-feature buckets."""
 
@@ -213,6 +360,20 @@ class Metrics:
         numeric = schema.numeric_indices
         names = [schema.names[j] for j in numeric]
         self.features = FeatureStats(names, numeric, [training_edges(card, n) for n in names])
+        categorical = [j for j, c in enumerate(schema.categorical) if c]
+        self._categorical = categorical
+        cat_names = [schema.names[j] for j in categorical]
+        self.categories = CountStats(cat_names, [training_categories(card, n) for n in cat_names])
+        classifier = schema.task == "classification"
+        if classifier:
+            self.labels = CountStats(["label"], [reference_labels(card, schema)])
+            self.values = FeatureStats([], [], [])
+        else:
+            self.labels = CountStats([], [])
+            self.values = FeatureStats(["label"], [0], [reference_edges(card)])
+        self.payload_records = Counter("kiln_payload_log_records", "Payload-log records by outcome: written; "
+                                       "dropped (queue full, S3 slow or down); failed (S3 refused the object).",
+                                       labels + ["outcome"], registry=reg)
         self._snapshot_path = None
         if self.multiproc_dir:
             from prometheus_client import multiprocess
@@ -221,9 +382,11 @@ class Metrics:
             self.exposition = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.exposition)
             self.exposition.register(FeatureCollector(model, version, self._merged_snapshots))
+            self.exposition.register(OutputCollector(model, version, self._merged_outputs))
         else:
             self.exposition = self.registry
             self.registry.register(FeatureCollector(model, version, self.features.snapshot))
+            self.registry.register(OutputCollector(model, version, self.output_snapshot))
         self._last_write = 0.0
 
     def request(self, code: int, seconds: float) -> None:
@@ -236,18 +399,49 @@ class Metrics:
     def batch(self, x, rows: int) -> None:
         self.batch_size.observe(rows)
         self.features.add(x)
+        if self._categorical and not isinstance(x, np.ndarray):
+            self.categories.add([x[j] for j in self._categorical])
+
+    def predicted(self, label) -> None:
+        """One request's predicted labels (or values), for prediction drift."""
+        if self.labels.keys:
+            self.labels.add([label])
+        elif self.values.names and len(label):
+            self.values.add(np.asarray(label, dtype=np.float64).reshape(-1, 1))
+
+    def output_snapshot(self) -> dict:
+        return {"categories": self.categories.snapshot(), "labels": self.labels.snapshot(),
+                "values": self.values.snapshot()}
 
     # -- multiprocess feature snapshots --
     def write_snapshot(self, force: bool = False) -> None:
-        if self._snapshot_path is None or not (self.features.dirty or force):
+        if self._snapshot_path is None:
+            return
+        outputs_dirty = self.categories.dirty or self.labels.dirty or self.values.dirty
+        if outputs_dirty or force:
+            self.categories.dirty = self.labels.dirty = self.values.dirty = False
+            _write_atomic(self._snapshot_path.replace("kiln_features_", "kiln_outputs_"),
+                          json.dumps(self.output_snapshot()).encode())
+        if not (self.features.dirty or force):
             return
         self.features.dirty = False
-        data = json.dumps(self.features.snapshot()).encode()
-        tmp = f"{self._snapshot_path}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self._snapshot_path)
+        _write_atomic(self._snapshot_path, json.dumps(self.features.snapshot()).encode())
         self._last_write = time.monotonic()
+
+    def _merged_outputs(self) -> dict:
+        snaps = [self.output_snapshot()]
+        mine = self._snapshot_path.replace("kiln_features_", "kiln_outputs_")
+        for path in sorted(glob.glob(os.path.join(self.multiproc_dir, "kiln_outputs_*.json"))):
+            if path == mine:
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    snaps.append(json.loads(fh.read()))
+            except (OSError, ValueError):
+                continue
+        return {"categories": merge_counts([s["categories"] for s in snaps]),
+                "labels": merge_counts([s["labels"] for s in snaps]),
+                "values": merge([s["values"] for s in snaps])}
 
     def _merged_snapshots(self) -> dict:
         """This worker's live histograms plus every other worker's latest snapshot (at most ~1 s old)."""
@@ -273,3 +467,10 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)

@@ -1,0 +1,379 @@
+"""gRPC benchmark: Kiln's Open Inference Protocol over gRPC vs its REST, vs MLServer's gRPC; and what payload
+logging at 100 % sampling costs.
+
+    python bench/bench_grpc.py [--duration 12] [--rounds 3] [--quick] [--no-mlserver] [--out FILE]
+
+Reference model and payloads as bench/bench_server.py: RandomForestClassifier(n_estimators=100) on
+breast_cancer (30 features), FP64, one row and a 64-row batch; REST sends V2 JSON, gRPC sends the same values
+as a ModelInferRequest with typed contents (fp64_contents), pre-serialised once.
+
+  kiln-rest        python -m kiln_server (ONNX), REST, loaded by wrk (as bench_server.py)
+  kiln-grpc        the same process, its gRPC port (--grpc-port)
+  mlserver-grpc    MLServer 1.7 + mlserver-sklearn (joblib), its gRPC port (parallel_workers=1)
+  kiln-skl-grpc    kiln with --runtime sklearn on that same joblib: runtime vs server, over gRPC
+  kiln-rest-log    kiln with --payload-log-uri at 100 % sampling to the local S3 (SeaweedFS), REST
+  kiln-grpc-log    that server's gRPC port
+
+gRPC load: no C load generator for gRPC is available here (ghz needs the Go module proxy), so a closed loop of
+`c` concurrent calls on one HTTP/2 channel, in a Python process of its own (grpc.aio, C-core), sending the
+pre-serialised request and not decoding the answer (a generic unary call on bytes). It costs the client far
+less per call than the server spends; still, next to wrk's C client for REST the comparison leans against
+gRPC, if anything. Servers are pinned to CPU 0, load generators to CPU 1 (as bench_server.py), points
+measured in interleaved rounds, medians reported.
+
+Logging: kiln-rest vs kiln-rest-log (and kiln-grpc vs kiln-grpc-log) at concurrency 8; the goal is a
+throughput cost of at most LOG_COST_TARGET (5 %). S3 is the local cluster's SeaweedFS (kiln_local.s3.up()).
+
+Output: a table on stdout, JSON in bench/results/grpc.json (--out elsewhere), with ratios per point:
+kiln-grpc/kiln-rest, kiln-grpc/mlserver-grpc (throughput, p50, p99), and log cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_server as bs  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "grpc.json"
+LOG_COST_TARGET = 0.05
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+# --- the gRPC load client (runs in its own process) --------------------------------------------------
+
+
+async def _load(target: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    import grpc
+
+    lat: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
+        call = ch.unary_unary(METHOD)  # bytes in, bytes out: no client-side (de)serialisation
+        await call(body, timeout=10)
+        end = time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal errors
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= end:
+                    return
+                try:
+                    await call(body, timeout=10)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                lat.append(time.perf_counter() - t0)
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t_start
+    lat.sort()
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000 if lat else 0.0
+
+    return {"rps": len(lat) / elapsed, "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+            "requests": len(lat), "errors": errors}
+
+
+def grpc_run(target: str, body_file: Path, concurrency: int, seconds: float) -> dict:
+    argv = bs.pinned([sys.executable, str(Path(__file__).resolve()), "--load-client", target, str(body_file),
+                      str(concurrency), str(seconds)], 1)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("KILN_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"load client gave no result: {out.stdout[-500:]} {out.stderr[-800:]}")
+    return json.loads(line.split(" ", 1)[1])
+
+
+def grpc_request(rows) -> bytes:
+    from kiln_server import grpc_predict_v2_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="bc")
+    t = req.inputs.add(name="input", datatype="FP64", shape=[len(rows), len(rows[0])])
+    t.contents.fp64_contents.extend(float(v) for r in rows for v in r)
+    return req.SerializeToString()
+
+
+def grpc_answer(target: str, body: bytes) -> list:
+    """The label output of one call, decoded: each server must predict as the scikit-learn model does."""
+    import grpc
+
+    from kiln_server import grpc_predict_v2_pb2 as pb
+
+    with grpc.insecure_channel(target) as ch:
+        raw = ch.unary_unary(METHOD)(body, timeout=30)
+    resp = pb.ModelInferResponse.FromString(raw)
+    out = resp.outputs[0]
+    if resp.raw_output_contents:
+        import numpy as np
+
+        return np.frombuffer(resp.raw_output_contents[0], dtype="<i8").tolist()
+    return list(out.contents.int64_contents) or [int(v) for v in out.contents.fp64_contents] or \
+        [int(v) for v in out.contents.int_contents]
+
+
+def _wait_grpc(proc: bs.Proc, target: str, timeout: float) -> None:
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        try:
+            with grpc.insecure_channel(target) as ch:
+                grpc.channel_ready_future(ch).result(timeout=1)
+                return
+        except grpc.FutureTimeoutError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{proc.name}: gRPC not ready on {target}")
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, only_logging: bool = False) -> dict:
+    wrk = bs.ensure_wrk()
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-grpc-"))
+    procs: list[bs.Proc] = []
+    results: dict = {"points": {}, "notes": []}
+    try:
+        model_dir = work / "bc" / "v1"
+        ref = bs.build_model(model_dir)
+        X = ref["X"]
+        expected = ref["model"].predict(X[:bs.BATCH_ROWS]).tolist()
+        cases = {"1-row": X[:1].tolist(), "64-rows": X[:bs.BATCH_ROWS].tolist()}
+        rest_bodies, grpc_bodies = {}, {}
+        for case, rows in cases.items():
+            rest_bodies[case] = work / f"{case}.json"
+            rest_bodies[case].write_bytes(bs.payload(rows))
+            grpc_bodies[case] = work / f"{case}.pb"
+            grpc_bodies[case].write_bytes(grpc_request(rows))
+        lua = work / "post.lua"
+        lua.write_text(bs.LUA)
+
+        s3_env = {}
+        try:
+            from kiln_local import s3
+
+            s3_env = s3.up()
+            os.environ.update(s3_env)  # the read-back below uses them
+        except Exception as exc:  # noqa: BLE001 - logging is then not measured
+            results["notes"].append(f"no local S3 ({exc}); logging not measured")
+        log_uri = f"s3://{s3_env.get('KILN_BUCKET', 'kiln')}/bench/payload-logs/{uuid.uuid4().hex[:8]}"
+
+        # name -> (kind, address); one process may serve two names (its REST and its gRPC ports)
+        targets: dict[str, tuple[str, str]] = {}
+        pids: dict[str, int] = {}  # kiln servers: CPU seconds per request are read from /proc
+
+        def kiln(name: str, rest_name: str | None, *extra: str, env: dict | None = None) -> None:
+            port, gport = bs.free_port(), bs.free_port()
+            proc = bs.Proc(name, bs.pinned([sys.executable, "-m", "kiln_server", "--model", str(model_dir), "--name",
+                                            "bc", "--port", str(port), "--grpc-port", str(gport), "--log-level",
+                                            "warning", *extra], 0), work / f"{name}.log", env=env)
+            procs.append(proc)
+            bs.wait_ready(proc, f"http://127.0.0.1:{port}/v2/health/ready", 120)
+            targets[name] = ("grpc", f"127.0.0.1:{gport}")
+            pids[name] = proc.proc.pid  # taskset execs the server: the same process
+            if rest_name:
+                targets[rest_name] = ("rest", f"http://127.0.0.1:{port}/v2/models/bc/infer")
+                pids[rest_name] = proc.proc.pid
+
+        kiln("kiln-grpc", "kiln-rest")
+        if not only_logging:
+            kiln("kiln-skl-grpc", None, "--runtime", "sklearn", "--allow-unsafe-formats")
+        if s3_env:
+            kiln("kiln-grpc-log", "kiln-rest-log", "--payload-log-uri", log_uri, "--payload-log-sample-rate", "1",
+                 env={k: v for k, v in s3_env.items() if k.startswith(("AWS_", "KILN_S3"))})
+        if with_mlserver and not only_logging:
+            exe = bs.ensure_mlserver()
+            if exe is None:
+                results["notes"].append("MLServer could not be installed; not measured")
+            else:
+                port = bs.free_port()
+                d = bs.mlserver_dir(work, model_dir, port, parallel_workers=1)
+                settings = json.loads((d / "settings.json").read_text())
+                proc = bs.Proc("mlserver", bs.pinned([str(exe), "start", str(d)], 0), work / "mlserver.log", cwd=d)
+                procs.append(proc)
+                try:
+                    bs.wait_ready(proc, f"http://127.0.0.1:{port}/v2/models/bc/ready", 180)
+                    targets["mlserver-grpc"] = ("grpc", f"127.0.0.1:{settings['grpc_port']}")
+                except Exception as exc:  # noqa: BLE001
+                    results["notes"].append(f"mlserver: {exc}")
+        for name, (kind, addr) in list(targets.items()):
+            try:
+                if kind == "grpc":
+                    got = grpc_answer(addr, grpc_bodies["64-rows"].read_bytes())
+                else:
+                    got = [int(v) for v in bs.check_answer(addr, rest_bodies["64-rows"].read_bytes())["outputs"][0]
+                           ["data"]]
+                if [int(v) for v in got] != expected:
+                    raise RuntimeError("predicts differently from the scikit-learn model")
+            except Exception as exc:  # noqa: BLE001
+                results["notes"].append(f"{name}: {exc}")
+                del targets[name]
+        print(f"measuring {', '.join(targets)}: {seconds:.0f} s per point ({rounds} rounds, medians)", flush=True)
+
+        def measure(name: str, case: str, c: int, secs: float) -> dict:
+            kind, addr = targets[name]
+            pid = pids.get(name)
+            before = _cpu(pid) if pid else None
+            if kind == "grpc":
+                r = grpc_run(addr, grpc_bodies[case], c, secs)
+            else:
+                r = bs.wrk_run(wrk, lua, rest_bodies[case], addr, c, secs)
+            if before is not None and r["requests"]:
+                # the server's CPU (all its threads: loop, gRPC, payload-log writer) per request served; it
+                # moves far less with load from elsewhere than req/s does on a shared machine
+                r["cpu_us_per_request"] = (_cpu(pid) - before) / r["requests"] * 1e6
+            return r
+
+        for case in cases:
+            for c in ((max(bs.CONCURRENCY),) if only_logging else bs.CONCURRENCY):
+                point = f"{case}/c{c}"
+                runs: dict[str, list] = {n: [] for n in targets}
+                for name in targets:
+                    try:
+                        measure(name, case, c, warmup)
+                    except Exception as exc:  # noqa: BLE001
+                        results["notes"].append(f"{name} {point} warm-up: {exc}")
+                for _ in range(rounds):
+                    for name in targets:
+                        try:
+                            runs[name].append(measure(name, case, c, seconds / rounds))
+                        except Exception as exc:  # noqa: BLE001
+                            results["notes"].append(f"{name} {point}: {exc}")
+                for name, got in runs.items():
+                    if not got:
+                        continue
+                    r = bs.combine(got)
+                    cpu = [g["cpu_us_per_request"] for g in got if "cpu_us_per_request" in g]
+                    if cpu:
+                        r["cpu_us_per_request"] = round(statistics.median(cpu), 1)
+                    results["points"].setdefault(name, {})[point] = r
+                    flag = "" if r["errors"] == 0 else f"  !! {r['errors']} errors"
+                    cpu_text = f"  cpu {r['cpu_us_per_request']:6.1f} us/req" if "cpu_us_per_request" in r else ""
+                    print(f"  {point:<11} {name:<14} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                          f"p99 {r['p99_ms']:6.2f} ms{cpu_text}{flag}", flush=True)
+        if "kiln-rest-log" in targets:
+            results["logging"] = _log_objects(s3_env, log_uri)
+    finally:
+        for p in procs:
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    results["ratios"] = ratios(results["points"])
+    results["setup"] = {
+        "model": "RandomForestClassifier(n_estimators=100, random_state=0), breast_cancer (30 features)",
+        "payload": "FP64 [1, 30] and [64, 30]: V2 JSON over REST; ModelInferRequest, fp64_contents, over gRPC",
+        "load": f"REST: wrk -t1; gRPC: grpc.aio closed loop on one channel (Python, C-core); {seconds:.0f} s per "
+                f"point in {rounds} interleaved rounds (medians) after {warmup:.0f} s warm-up",
+        "pinning": "servers on CPU 0, load on CPU 1" if (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+        else "none",
+        "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+        "logging": "--payload-log-uri to the local SeaweedFS, sample rate 1.0, default batch/flush",
+    }
+    return results
+
+
+def _log_objects(env: dict, uri: str) -> dict:
+    """How many records the logging server wrote (the S3 objects under its prefix)."""
+    import gzip
+
+    from kiln_contract import storage
+
+    loc = storage.parse_s3(uri)
+    time.sleep(6)  # the last flush
+    client = storage.s3_client()
+    objects = records = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key + "/"):
+        for obj in page.get("Contents", []):
+            objects += 1
+            body = client.get_object(Bucket=loc.bucket, Key=obj["Key"])["Body"].read()
+            records += gzip.decompress(body).count(b"\n")
+    return {"uri": uri, "objects": objects, "records": records}
+
+
+def ratios(points: dict) -> dict:
+    out = {}
+    pairs = (("kiln-grpc", "kiln-rest"), ("kiln-grpc", "mlserver-grpc"), ("kiln-skl-grpc", "mlserver-grpc"),
+             ("kiln-rest-log", "kiln-rest"), ("kiln-grpc-log", "kiln-grpc"))
+    for point in points.get("kiln-grpc", {}):
+        row = {}
+        for mine, other in pairs:
+            k, o = points.get(mine, {}).get(point), points.get(other, {}).get(point)
+            if k and o and o["rps"] > 0:
+                row[f"{mine}/{other} throughput"] = round(k["rps"] / o["rps"], 3)
+                row[f"{mine}/{other} p50"] = round(k["p50_ms"] / o["p50_ms"], 3) if o["p50_ms"] else None
+                row[f"{mine}/{other} p99"] = round(k["p99_ms"] / o["p99_ms"], 3) if o["p99_ms"] else None
+        out[point] = row
+    c = max(bs.CONCURRENCY)
+    cost = {}
+    for point, row in out.items():
+        if point.endswith(f"/c{c}"):
+            for mine, other in (("kiln-rest-log", "kiln-rest"), ("kiln-grpc-log", "kiln-grpc")):
+                r = row.get(f"{mine}/{other} throughput")
+                if r is not None:
+                    k, o = points[mine][point], points[other][point]
+                    entry = {"throughput cost": round(1 - r, 3)}
+                    if "cpu_us_per_request" in k and "cpu_us_per_request" in o:
+                        # on a core of its own a server's throughput is 1 / (CPU per request): the CPU ratio is
+                        # what the throughput cost would be without load from elsewhere
+                        entry["cpu per request cost"] = round(k["cpu_us_per_request"] / o["cpu_us_per_request"] - 1, 3)
+                        entry["met (cpu)"] = entry["cpu per request cost"] <= LOG_COST_TARGET
+                    entry["met (throughput)"] = 1 - r <= LOG_COST_TARGET
+                    cost[f"{point} {other}"] = entry
+    out["logging goal"] = {"goal": f"logging at 100 % costs <= {LOG_COST_TARGET:.0%} throughput at concurrency {c}",
+                           "points": cost,
+                           "met (throughput)": bool(cost) and all(v["met (throughput)"] for v in cost.values()),
+                           "met (cpu)": bool(cost) and all(v.get("met (cpu)", False) for v in cost.values())}
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--load-client":
+        target, body_file, conc, secs = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+        r = asyncio.run(_load(target, Path(body_file).read_bytes(), conc, secs))
+        print("KILN_RESULT " + json.dumps(r), flush=True)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=12.0, help="seconds per point, over all rounds")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up")
+    ap.add_argument("--no-mlserver", action="store_true")
+    ap.add_argument("--only-logging", action="store_true", help="kiln with and without logging at c=8 only")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    seconds, warmup = (3.0, 1.0) if args.quick else (args.duration, 2.0)
+    results = run(seconds, warmup, args.rounds, with_mlserver=not args.no_mlserver, only_logging=args.only_logging)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["ratios"], indent=2))
+    for note in results["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
