@@ -154,14 +154,15 @@ def write_history(storage_uri: str, model: str, entries: list[dict], known: dict
     """
     s3 = storage.s3_client()
     known = known or {}
-    count = known.get("count") if known.get("uri") else None
-    if count is None:
+    if known.get("uri") and known.get("count") is not None:
+        count, existing = known["count"], None
+    else:  # nothing known: one read of every index object counts them and gives each page's entries
         existing = read_history(storage_uri, model)
         count = len(existing)
     added = 0
-    for page in sorted(registry.history_pages(v["version"] for v in entries)):
-        mine = [v for v in entries if registry.history_pages([v["version"]]) == {page}]
-        before = _read_page(storage_uri, model, page)
+    for page, mine in sorted(registry.by_history_page(entries).items()):
+        before = _read_page(storage_uri, model, page) if existing is None else \
+            [existing[n] for n in sorted(existing) if registry.history_page(n) == page]
         merged = registry.merge_history(before, mine)
         added += len(merged) - len(before)
         if merged == before:

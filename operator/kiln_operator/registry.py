@@ -219,8 +219,20 @@ def to_history(status: dict, keep: int, protected: set[int], slack: int | None =
             if v["version"] not in newest and v["version"] not in protected and v["state"] != "Pending"]
 
 
+def history_page(number: int) -> int:
+    """The index object that holds a version's entry."""
+    return (number - 1) // HISTORY_PAGE
+
+
 def history_pages(numbers) -> set[int]:
-    return {(n - 1) // HISTORY_PAGE for n in numbers}
+    return {history_page(n) for n in numbers}
+
+
+def by_history_page(entries: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for entry in entries:
+        out.setdefault(history_page(entry["version"]), []).append(entry)
+    return out
 
 
 def merge_history(page: list[dict], entries: list[dict]) -> list[dict]:

@@ -25,6 +25,8 @@ fail() { echo "[kiln] FAILED at step $step ($1); read $LOG" >&2; tail -n 20 "$LO
 : >"$LOG"
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=tests/cluster/go-make.sh
+. "$(dirname "$0")/go-make.sh"
 
 say "enable Debian source packages (deb-src) and install Go, etcd, reflect2 sources"
 if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
@@ -57,22 +59,7 @@ rm -rf "$tree/vendor/github.com/modern-go/reflect2"
 cp -r "$r2" "$tree/vendor/github.com/modern-go/reflect2"
 
 say "compile $WANT (about 5 minutes on 2 cores cold, 1 minute with a warm Go cache)"
-(
-  cd "$tree"
-  export GOPATH=$tree/.go CGO_ENABLED=0 PATH=/usr/lib/go/bin:$PATH
-  rm -rf _output  # a failed earlier build leaves empty tool binaries behind
-  mkdir -p .go/src/k8s.io
-  [ -L .go/src/k8s.io/kubernetes ] || ln -s ../../.. .go/src/k8s.io/kubernetes
-  whats=""; for b in $WANT; do whats="$whats cmd/$b"; done
-  make WHAT="${whats# }"
-) >>"$LOG" 2>&1 &
-bpid=$!
-start=$(date +%s)
-while kill -0 $bpid 2>/dev/null; do
-  sleep 30
-  kill -0 $bpid 2>/dev/null && echo "[kiln]   compiling… $(( $(date +%s) - start ))s (log: $LOG)"
-done
-wait $bpid || fail "go build"
+kiln_go_make "$tree" "$LOG" clean $WANT || fail "go build"
 
 say "install binaries into $BIN"
 for b in $WANT; do cp "$tree/_output/bin/$b" "$BIN/$b"; done

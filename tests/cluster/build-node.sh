@@ -21,6 +21,8 @@ total=4
 say() { step=$((step+1)); echo "[kiln] node build step $step/$total: $*"; }
 fail() { echo "[kiln] FAILED at node build step $step ($1); read $LOG" >&2; tail -n 20 "$LOG" >&2; exit 1; }
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=tests/cluster/go-make.sh
+. "$HERE/go-make.sh"
 
 say "Debian packages: $PACKAGES"
 missing=$(for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
@@ -40,21 +42,7 @@ say "compile $WANT (about 6 minutes on 2 busy cores with a cold Go cache, 2 afte
 if have_all && [ "${1:-}" != "--force" ]; then
   echo "[kiln]   cached in $BIN"
 else
-  (
-    cd "$tree"
-    export GOPATH=$tree/.go CGO_ENABLED=0 PATH=/usr/lib/go/bin:$PATH
-    mkdir -p .go/src/k8s.io
-    [ -L .go/src/k8s.io/kubernetes ] || ln -s ../../.. .go/src/k8s.io/kubernetes
-    whats=""; for b in $WANT; do whats="$whats cmd/$b"; done
-    make WHAT="${whats# }"
-  ) >>"$LOG" 2>&1 &
-  bpid=$!
-  start=$(date +%s)
-  while kill -0 $bpid 2>/dev/null; do
-    sleep 30
-    kill -0 $bpid 2>/dev/null && echo "[kiln]   compiling… $(( $(date +%s) - start ))s (log: $LOG)"
-  done
-  wait $bpid || fail "go build"
+  kiln_go_make "$tree" "$LOG" keep $WANT || fail "go build"
   for b in $WANT; do cp "$tree/_output/bin/$b" "$BIN/$b"; done
 fi
 

@@ -28,6 +28,22 @@ def get(custom, ns: str, plural: str, name: str) -> dict:
     return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
 
 
+def delete_and_wait(custom, ns: str, plural: str, name: str, timeout: float, what: str) -> None:
+    """Delete a Kiln object and wait until the API server no longer has it (finalizers done)."""
+    from kubernetes.client import ApiException
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+
+    def gone():
+        try:
+            get(custom, ns, plural, name)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_until(gone, timeout, what)
+
+
 def model_versions(custom, ns: str, name: str, bucket: str) -> dict[int, dict]:
     """Every version of a Model in the namespace's default storage: its status entries and those it moved
     to the history index (<storage>/<model>/index/), status winning where both hold one."""

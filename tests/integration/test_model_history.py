@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from kube_helpers import GROUP, VERSION, create, get, model_versions, wait_until
+from kube_helpers import GROUP, VERSION, create, delete_and_wait, get, model_versions, wait_until
 from kubernetes import client
 
 from kiln_contract import card as cards
@@ -55,12 +55,9 @@ def store(kiln_ns, s3_env):
     """The namespace's default Model storage; its objects are removed afterwards (10,000 of them)."""
     uri = f"s3://{s3_env['KILN_BUCKET']}/models/{kiln_ns}"
     yield uri
-    loc = storage.parse_s3(uri)
-    s3 = storage.s3_client()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key + "/"):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys})
+    from kiln_operator import artifacts
+
+    artifacts.delete_prefix(uri)
 
 
 def all_versions(custom, ns: str, store: str) -> tuple[dict, set[int]]:
@@ -116,16 +113,7 @@ def test_a_model_made_again_finds_every_version_and_numbers_after_them(custom, k
     write_cards(store, "many")
     create(custom, kiln_ns, "models", "Model", "many", {})
     first = adopted(custom, kiln_ns)
-    custom.delete_namespaced_custom_object(GROUP, VERSION, kiln_ns, "models", "many")
-
-    def gone():
-        try:
-            get(custom, kiln_ns, "models", "many")
-        except client.ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_until(gone, 60, "the Model to go")
+    delete_and_wait(custom, kiln_ns, "models", "many", 60, "the Model to go")
     create(custom, kiln_ns, "models", "Model", "many", {})
     again = adopted(custom, kiln_ns)
     assert again["history"]["count"] == first["history"]["count"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from kube_helpers import GROUP, VERSION, create, get, wait_until
+from kube_helpers import GROUP, VERSION, create, delete_and_wait, get, wait_until
 from kubernetes import client
 
 from kiln_contract import checksums, storage
@@ -58,16 +58,8 @@ def test_a_model_cannot_point_its_storage_at_the_bucket_and_delete_every_namespa
     create(custom, kiln_ns, "models", "Model", "climb", {"storage": f"s3://{bucket}/models/{kiln_ns}/../x"})
     assert "'..'" in refused(custom, kiln_ns, "models", "climb", "Ready", "StorageNotAllowed")["message"]
 
-    custom.delete_namespaced_custom_object(GROUP, VERSION, kiln_ns, "models", "models")
-
-    def gone():
-        try:
-            get(custom, kiln_ns, "models", "models")
-        except client.ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_until(gone, 30, "the Model to go (its finalizer released without deleting anything)")
+    delete_and_wait(custom, kiln_ns, "models", "models", 30,
+                    "the Model to go (its finalizer released without deleting anything)")
     assert exists(victim)
     events = client.CoreV1Api().list_namespaced_event(kiln_ns, field_selector="involvedObject.name=models").items
     assert any(e.reason == "StorageNotAllowed" and "not deleted" in e.message for e in events)
