@@ -44,8 +44,8 @@ class Config:
     grpc_port: int = 0  # 0: no gRPC listener
     payload_log_uri: str = ""  # s3:// prefix for request/response records; "" = off
     payload_log_sample_rate: float = 1.0
-    payload_log_queue: int = 10000  # records held at most while S3 is slow; past it they are dropped, counted
-    payload_log_batch: int = 2000  # records per object at most
+    payload_log_queue: int = 20000  # records held at most while S3 is slow; past it they are dropped, counted
+    payload_log_batch: int = 10000  # records per object at most
     payload_log_flush_s: float = 5.0  # an object is written at least this often while records wait
 
     def to_json(self) -> str:
@@ -144,15 +144,15 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
                         help="also serve the Open Inference Protocol over gRPC on this port; 0: no gRPC "
                         "[KILN_GRPC_PORT] (0)")
     parser.add_argument("--payload-log-uri", default=default("payload_log_uri", ""),
-                        help="s3:// prefix to write request/response records to (gzip JSON lines); empty: off "
+                        help="s3:// prefix to write request/response records to (Parquet); empty: off "
                         "[KILN_PAYLOAD_LOG_URI]")
     parser.add_argument("--payload-log-sample-rate", type=float, default=default("payload_log_sample_rate", "1"),
                         help="share of requests recorded, 0..1 [KILN_PAYLOAD_LOG_SAMPLE_RATE] (1)")
-    parser.add_argument("--payload-log-queue", type=int, default=default("payload_log_queue", "10000"),
+    parser.add_argument("--payload-log-queue", type=int, default=default("payload_log_queue", "20000"),
                         help="records held at most while the store is slow; more are dropped and counted "
-                        "[KILN_PAYLOAD_LOG_QUEUE] (10000)")
-    parser.add_argument("--payload-log-batch", type=int, default=default("payload_log_batch", "2000"),
-                        help="records per object at most [KILN_PAYLOAD_LOG_BATCH] (2000)")
+                        "[KILN_PAYLOAD_LOG_QUEUE] (20000)")
+    parser.add_argument("--payload-log-batch", type=int, default=default("payload_log_batch", "10000"),
+                        help="records per object at most [KILN_PAYLOAD_LOG_BATCH] (10000)")
     parser.add_argument("--payload-log-flush-s", type=float, default=default("payload_log_flush_s", "5"),
                         help="records wait at most this long before they are written [KILN_PAYLOAD_LOG_FLUSH_S] (5)")
     parser.add_argument("--log-level", default=default("log_level", "info"),

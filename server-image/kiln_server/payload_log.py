@@ -1,28 +1,38 @@
-"""Payload logging: request/response records written to S3 in compressed batches, off the request's path.
+"""Payload logging: request/response records written to S3 as Parquet, in batches, off the request's path.
 
 With --payload-log-uri (the operator sets it from a Kiln Deployment's spec.logging), a sampled share of the
-successful inference requests, REST and gRPC alike, become records
+successful inference requests, REST and gRPC alike, are recorded. Each object is one Parquet file (one row
+group, Snappy) with one row per input row of a request — the table a data scientist wants back:
 
-    {"model", "version", "features": [input names], "time": ISO 8601 UTC, "id": request id,
-     "protocol": "rest-v2"|"rest-v1"|"grpc", "latencyMs", "rows",
-     "inputs": [[one value per feature, in `features` order], ...one per row],
-     "outputs": {"label": [...], "probabilities": [[...]]}}
+    time              timestamp[us, UTC]  when the answer was ready
+    id                string              the request id (V2 body `id`, else `x-request-id` / gRPC metadata,
+                                          else a new one); a request of n rows gives n rows with one id
+    row               int32               the row's index within its request (0..n-1)
+    protocol          string              rest-v2 | rest-v1 | grpc
+    latency_ms        float64             the request's time in the server
+    model, version    string
+    input:<feature>   one column per input, under the user's column name (numbers, or strings for categories)
+    output:label      the predicted label or value
+    output:probability:<class>   classifiers only, one column per class
 
-Rows, as KServe V1 `instances`, not one list per feature: the writer thread shares the server's CPU, and
-a row-major array goes to JSON in one C call (see `encode`).
+`pandas.read_parquet`, DuckDB, Spark and Athena read it as it is. The file's key/value metadata repeats
+model, version and the feature order (`kiln.model`, `kiln.version`, `kiln.features`, JSON).
 
-written as gzip JSON lines, one object per batch, at
+Objects are written at
 
-    <uri>/v<version>/<YYYY>/<MM>/<DD>/<HH>/<YYYYMMDDTHHMMSS>-<host>-<pid>-<seq>.jsonl.gz
+    <uri>/v<version>/<YYYY>/<MM>/<DD>/<HH>/<YYYYMMDDTHHMMSS>-<host>-<pid>-<seq>.parquet
 
-The request id is the V2 body's `id`, else the `x-request-id` header (gRPC: metadata), else a new one.
+Why Parquet and not JSON lines: the writer shares the server's CPU, so at 100 % sampling its cost per record
+is taken from serving. Formatting every float as text cost ~30 ns a value (a 64-row request of 30 features:
+~60 µs, a fifth of the request); columns of a whole batch go to Parquet as contiguous arrays (a few ns a
+value, bench/README.md "gRPC and payload logging").
 
 The request handler only appends the record's references (the decoded arrays, the answer) to a deque:
 no serialisation, no I/O; one uncontended lock (REST and gRPC run on two threads). One daemon thread
-per worker process turns records into JSON, compresses and uploads them every --payload-log-flush-s
-seconds or --payload-log-batch records. Memory is bounded: at most --payload-log-queue records and
-MAX_QUEUED_VALUES input values wait; past either, a record is dropped and counted
-(kiln_payload_log_records_total{outcome="dropped"}), so a slow or stopped S3 costs records, never a
+per worker process encodes and uploads every --payload-log-flush-s seconds, or sooner once
+--payload-log-batch records or BATCH_VALUES input values wait. Memory is bounded: at most
+--payload-log-queue records and MAX_QUEUED_VALUES input values wait; past either, a record is dropped and
+counted (kiln_payload_log_records_total{outcome="dropped"}), so a slow or stopped S3 costs records, never a
 request's time. An upload that fails (after the client's short retries) is counted as `failed`.
 
 Credentials: the logger's own S3 client uses KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID / _SECRET_ACCESS_KEY when
@@ -33,6 +43,8 @@ pod's AWS_* credentials stay read-only for artifacts), else the process's AWS_* 
 from __future__ import annotations
 
 import collections
+import io
+import json
 import logging
 import os
 import random
@@ -42,23 +54,19 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
-import orjson
 
 from kiln_contract import storage
 
-try:  # ISA-L: the same gzip format, at its level 0 ~6x faster than zlib's level 1 (bench/README.md)
-    from isal import igzip as _gzip
-
-    GZIP_LEVEL = 0
-except ImportError:  # pragma: no cover - isal is in the server extra; stdlib gzip otherwise
-    import gzip as _gzip
-
-    GZIP_LEVEL = 1
-
 log = logging.getLogger("kiln_server.payload_log")
 
-MAX_QUEUED_VALUES = 4 << 20  # input values held at most while waiting (≈ 32 MiB of float64)
+# Each object costs the writer ~3 ms however small it is (Parquet's per-file work, the PUT): objects of
+# millions of values keep that below 2 µs a 64-row request (bench/README.md "gRPC and payload logging").
+BATCH_VALUES = 2 << 20  # an object is written once this many input values wait (16 MiB of float64)
+CHUNK_RECORDS = 1000  # records per row group
+CHUNK_VALUES = 1 << 19  # input values per row group (4 MiB of float64)
+MAX_QUEUED_VALUES = 6 << 20  # input values held at most while waiting (48 MiB of float64); more are dropped
 WARN_EVERY_S = 60.0
+CONTENT_TYPE = "application/vnd.apache.parquet"
 
 
 def _client():
@@ -68,27 +76,27 @@ def _client():
     key = os.environ.get("KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID")
     secret = os.environ.get("KILN_PAYLOAD_LOG_AWS_SECRET_ACCESS_KEY")
     creds = {"aws_access_key_id": key, "aws_secret_access_key": secret} if key and secret else {}
-    # Short timeouts and few retries: a slow store must not hold records (and memory) for minutes.
+    # Short timeouts and few retries: a slow store must not hold records (and memory) for minutes. No body
+    # checksum unless the store demands one: CRC32 over megabytes is CPU taken from serving, and TLS (or
+    # the loopback) already guards the bytes.
     config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2, "mode": "standard"},
-                    connect_timeout=2, read_timeout=10)
+                    connect_timeout=2, read_timeout=10, request_checksum_calculation="when_required")
     return boto3.session.Session().client("s3", config=config, **storage.s3_settings(), **creds)
-
-
-def _values(v) -> list:
-    """An array as a list: numbers as they are (orjson writes NaN as null), anything else as str."""
-    v = np.asarray(v).reshape(-1)
-    if v.dtype.kind in "biuf":
-        return v.tolist()
-    return [str(s) for s in v.tolist()]
 
 
 class PayloadLog:
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
-                 sample_rate: float = 1.0, queue_max: int = 10000, batch: int = 2000, flush_s: float = 5.0,
-                 client_factory=_client):
+                 classes: list | None = None, sample_rate: float = 1.0, queue_max: int = 20000,
+                 batch: int = 10000, flush_s: float = 5.0, client_factory=_client):
+        # pyarrow only where logging is on: importing it costs a server start ~0.2 s
+        import pyarrow
+        import pyarrow.parquet
+
+        self.pa, self.pq = pyarrow, pyarrow.parquet
         self.loc = storage.parse_s3(uri.rstrip("/") + "/")
         self.model, self.version = model, version
         self.names = names
+        self.classes = [str(c) for c in classes] if classes else None
         self.sample_rate = sample_rate
         self.queue_max = queue_max
         self.batch = batch
@@ -111,16 +119,18 @@ class PayloadLog:
         if metrics is not None:
             c = metrics.payload_records
             self._metric = {o: c.labels(model, version, o) for o in self.counts}
+        self._file_meta = {"kiln.model": model, "kiln.version": version, "kiln.features": json.dumps(names)}
         self.thread = threading.Thread(target=self._run, name="kiln-payload-log", daemon=True)
         self.thread.start()
 
     @classmethod
     def from_config(cls, cfg, schema, metrics) -> PayloadLog:
         return cls(cfg.payload_log_uri, cfg.name, cfg.version, list(schema.names), metrics,
+                   classes=schema.classes if schema.is_classifier else None,
                    sample_rate=cfg.payload_log_sample_rate, queue_max=cfg.payload_log_queue,
                    batch=cfg.payload_log_batch, flush_s=cfg.payload_log_flush_s)
 
-    # -- the request's side: O(1), no lock, no I/O --------------------------------------------------
+    # -- the request's side: O(1), no I/O ---------------------------------------------------------------
     def offer(self, protocol: str, rid: str, x, n: int, label, probs, seconds: float) -> None:
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
@@ -132,7 +142,7 @@ class PayloadLog:
                 return
             self.added += size
             self.queue.append((time.time(), protocol, rid, x, n, label, probs, seconds, size))
-        if len(self.queue) >= self.batch and not self.wake.is_set():
+        if (len(self.queue) >= self.batch or self.added - self.removed >= BATCH_VALUES) and not self.wake.is_set():
             self.wake.set()
 
     def _count(self, outcome: str, n: int) -> None:
@@ -148,7 +158,7 @@ class PayloadLog:
             closing = self.closed
             while self.queue:
                 self._write(self._take())
-                if not closing and len(self.queue) < self.batch:
+                if not closing and len(self.queue) < self.batch and self.added - self.removed < BATCH_VALUES:
                     break  # wait for the next tick: a batch per tick keeps objects few and large
             if closing:
                 return
@@ -156,91 +166,99 @@ class PayloadLog:
     def _take(self) -> list:
         out = []
         q = self.queue
-        while q and len(out) < self.batch:
-            out.append(q.popleft())
-        self.removed += sum(r[8] for r in out)
+        values = 0
+        while q and len(out) < self.batch and values < BATCH_VALUES:
+            r = q.popleft()
+            values += r[8]
+            out.append(r)
+        self.removed += values
         return out
 
     def encode(self, records: list) -> bytes:
-        """gzip JSON lines. This runs beside the event loop, on its CPU: at 100 % sampling every microsecond
-        here is taken from serving (a 1-row request costs the server ~70 µs). So the arrays of a whole batch
-        are concatenated and written by orjson in one call each, then cut at row boundaries (`_fast_lines`);
-        per record only its few scalars are formatted. Models with categorical inputs (columns, not a matrix)
-        take the per-record path."""
-        head = b"{" + orjson.dumps({"model": self.model, "version": self.version, "features": self.names})[1:-1]
-        fast = all(isinstance(r[3], np.ndarray) for r in records) and all(
-            r[5].dtype == records[0][5].dtype for r in records) and all(
-            (r[6] is None) == (records[0][6] is None) for r in records)
-        lines = self._fast_lines(head, records) if fast else self._lines(head, records)
-        return _gzip.compress(b"\n".join(lines) + b"\n", compresslevel=GZIP_LEVEL)
+        """One Parquet file of the records, one row per input row, a row group per chunk of records.
 
-    @staticmethod
-    def _stamps(records: list) -> list[bytes]:
-        out = []
-        second, prefix = None, b""
-        for r in records:
-            t = r[0]
-            if int(t) != second:
-                second = int(t)
-                prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)).encode()
-            out.append(b"%s.%06dZ" % (prefix, int(t % 1 * 1e6)))
-        return out
+        Per record only its scalars are touched in Python (one transposition of a chunk by zip); inputs and
+        outputs of a chunk are concatenated by numpy and handed to Arrow as contiguous columns. Chunks keep
+        each C call short — the writer holds the GIL through it, and a request waits for the GIL — and a
+        chunk's transposition within the cache."""
+        sink = io.BytesIO()
+        writer = None
+        dtype = _batch_dtype([r[3] for r in records])
+        start = 0
+        while start < len(records):
+            end, values = start, 0
+            while end < len(records) and end - start < CHUNK_RECORDS and values < CHUNK_VALUES:
+                values += records[end][8]
+                end += 1
+            table = self._table(records[start:end], dtype)
+            if writer is None:
+                # Statistics on time only: the one column a reader filters by; the rest would be CPU for nothing.
+                dictionary = ["id", "protocol", "model", "version"] + [
+                    f.name for f in table.schema if f.name.startswith("input:") and self.pa.types.is_string(f.type)]
+                writer = self.pq.ParquetWriter(sink, table.schema, compression="snappy", use_dictionary=dictionary,
+                                               write_statistics=["time"], store_schema=True)
+            elif table.schema != writer.schema:
+                table = table.cast(writer.schema)  # e.g. an int label column where an earlier chunk had float
+            writer.write_table(table)
+            start = end
+        if writer is not None:
+            writer.close()
+        return sink.getvalue()
 
-    def _fast_lines(self, head: bytes, records: list) -> list[bytes]:
-        opt = orjson.OPT_SERIALIZE_NUMPY
-        x = np.concatenate([r[3] for r in records])
-        rows_in = orjson.dumps(x if x.flags.c_contiguous else np.ascontiguousarray(x), option=opt)[2:-2].split(b"],[")
-        labels = np.concatenate([r[5] for r in records])
-        if labels.dtype.kind in "biuf":
-            rows_label = orjson.dumps(labels, option=opt)[1:-1].split(b",")
-        else:
-            rows_label = [orjson.dumps(str(v)) for v in labels.tolist()]
-        rows_proba = None
-        if records[0][6] is not None:
-            probs = np.ascontiguousarray(np.concatenate([r[6] for r in records]))
-            rows_proba = orjson.dumps(probs, option=opt)[2:-2].split(b"],[")
-        lines = []
-        dumps = orjson.dumps
-        o = 0
-        for r, stamp in zip(records, self._stamps(records), strict=True):
-            n = r[4]
-            parts = [head, b',"time":"', stamp, b'","id":', dumps(r[2]), b',"protocol":"', r[1].encode(),
-                     b'","latencyMs":', b"%.3f" % (r[7] * 1000), b',"rows":', b"%d" % n,
-                     b',"inputs":[[', b"],[".join(rows_in[o:o + n]), b']],"outputs":{"label":[',
-                     b",".join(rows_label[o:o + n]), b"]"]
-            if rows_proba is not None:
-                parts += [b',"probabilities":[[', b"],[".join(rows_proba[o:o + n]), b"]]"]
-            parts.append(b"}}")
-            lines.append(b"".join(parts))
-            o += n
-        return lines
+    def _table(self, records: list, dtype):
+        pa = self.pa
+        times, protocols, ids, xs, ns, labels, probs, seconds, _ = zip(*records, strict=True)
+        counts = np.fromiter(ns, dtype=np.int64, count=len(ns))
+        total = int(counts.sum())
+        owner = np.repeat(np.arange(len(records), dtype=np.int32), counts)  # row → its record
+        starts = np.cumsum(counts) - counts
+        fields, arrays = [], []
 
-    def _lines(self, head: bytes, records: list) -> list[bytes]:
-        lines = []
-        dumps, opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
-        for k, (r, stamp) in enumerate(zip(records, self._stamps(records), strict=True)):
-            if k % 64 == 63:
-                time.sleep(0)  # let the event loop have the GIL: a batch is encoded between requests, not instead
-            _, protocol, rid, x, n, label, probs, seconds, _ = r
-            if isinstance(x, np.ndarray):
-                rows = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-            else:  # one array per feature (models with categorical features)
-                rows = list(zip(*(_values(col) for col in x), strict=True))
-            outputs = {"label": label if label.dtype.kind in "biuf" and label.flags.c_contiguous else _values(label)}
-            if probs is not None:
-                outputs["probabilities"] = probs if probs.flags.c_contiguous else np.ascontiguousarray(probs)
-            body = dumps({"time": stamp.decode(), "id": rid, "protocol": protocol,
-                          "latencyMs": round(seconds * 1000, 3), "rows": n, "inputs": rows, "outputs": outputs},
-                         option=opt)
-            lines.append(head + b"," + body[1:])
-        return lines
+        def add(name, array, nullable=False):
+            fields.append(pa.field(name, array.type, nullable=nullable))
+            arrays.append(array)
+
+        stamp = (np.fromiter(times, dtype=np.float64, count=len(times)) * 1e6).astype(np.int64)
+        add("time", pa.array(stamp[owner], pa.timestamp("us", tz="UTC")))
+        add("id", pa.DictionaryArray.from_arrays(owner, pa.array(ids, pa.string())))
+        add("row", pa.array((np.arange(total, dtype=np.int64) - np.repeat(starts, counts)).astype(np.int32)))
+        kinds = sorted(set(protocols))
+        kind_index = {k: i for i, k in enumerate(kinds)}
+        per_record = np.fromiter(map(kind_index.__getitem__, protocols), dtype=np.int32, count=len(protocols))
+        add("protocol", pa.DictionaryArray.from_arrays(per_record[owner], pa.array(kinds, pa.string())))
+        add("latency_ms", pa.array(np.fromiter(seconds, dtype=np.float64, count=len(seconds))[owner] * 1000))
+        zeros = np.zeros(total, dtype=np.int32)
+        add("model", pa.DictionaryArray.from_arrays(zeros, pa.array([self.model], pa.string())))
+        add("version", pa.DictionaryArray.from_arrays(zeros, pa.array([self.version], pa.string())))
+        # Nullability by type alone, so every chunk of a file has one schema: NaN is a number, not a null.
+        for name, column in zip(self.names, self._input_columns(xs, total, dtype), strict=True):
+            add("input:" + name, _arrow(pa, column), nullable=not _numeric(column))
+        label = np.concatenate(labels)
+        add("output:label", _arrow(pa, label), nullable=not _numeric(label))
+        if type(None) not in set(map(type, probs)):
+            columns = np.ascontiguousarray(np.concatenate(probs, axis=0).T)
+            classes = self.classes if self.classes and len(self.classes) == len(columns) else \
+                [str(k) for k in range(len(columns))]
+            for cls, col in zip(classes, columns, strict=True):
+                add("output:probability:" + cls, pa.array(col))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=self._file_meta))
+
+    def _input_columns(self, xs, total: int, dtype) -> list:
+        """The batch's inputs as one array per feature. A matrix batch (all-numeric models) is transposed
+        request by request (each small enough for the cache) — a transposition of the concatenation would
+        stride through megabytes per column. (map/set over the batch: C loops, not per-record bytecode.)"""
+        if dtype is not None:
+            out = np.empty((len(self.names), total), dtype=dtype)  # C order
+            return list(np.concatenate([x.T for x in xs], axis=1, out=out))
+        return [np.concatenate([x[:, j] if isinstance(x, np.ndarray) else np.asarray(x[j]) for x in xs])
+                for j in range(len(self.names))]
 
     def key(self, t: float) -> str:
         self.seq += 1
         now = datetime.fromtimestamp(t, UTC)
         base = self.loc.key.rstrip("/")
         return (f"{base + '/' if base else ''}v{self.version}/{now:%Y/%m/%d/%H}/"
-                f"{now:%Y%m%dT%H%M%S}-{self.host}-{self.pid}-{self.seq:06d}.jsonl.gz")
+                f"{now:%Y%m%dT%H%M%S}-{self.host}-{self.pid}-{self.seq:06d}.parquet")
 
     def _write(self, records: list) -> None:
         if not records:
@@ -250,7 +268,7 @@ class PayloadLog:
             if self.client is None:
                 self.client = self.client_factory()
             self.client.put_object(Bucket=self.loc.bucket, Key=self.key(records[0][0]), Body=body,
-                                   ContentType="application/x-ndjson", ContentEncoding="gzip")
+                                   ContentType=CONTENT_TYPE)
         except Exception as exc:  # noqa: BLE001 - counted and logged; serving goes on
             self._count("failed", len(records))
             now = time.monotonic()
@@ -266,3 +284,27 @@ class PayloadLog:
         self.closed = True
         self.wake.set()
         self.thread.join(timeout)
+
+
+def _dtype(x: np.ndarray) -> np.dtype:
+    return x.dtype
+
+
+def _batch_dtype(xs: list):
+    """The one dtype of a batch's input matrices (all-numeric models; float32 and float64 requests mix), or
+    None when inputs come as one array per feature (models with categorical inputs)."""
+    if set(map(type, xs)) != {np.ndarray}:
+        return None
+    return np.result_type(*set(map(_dtype, xs)))
+
+
+def _numeric(column: np.ndarray) -> bool:
+    return column.dtype.kind in "biuf"
+
+
+def _arrow(pa, column: np.ndarray):
+    """A numeric column as it is (NaN stays NaN); anything else as strings, None as null."""
+    if _numeric(column):
+        return pa.array(np.ascontiguousarray(column))
+    return pa.array([v if isinstance(v, str) else None if v is None or v != v else str(v)  # NaN: missing
+                     for v in column.tolist()], pa.string())

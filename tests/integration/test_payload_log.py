@@ -4,13 +4,13 @@ answering, every request is still served and the records that cannot wait are dr
 
 from __future__ import annotations
 
-import gzip
-import json
+import io
 import socket
 import threading
 
 import grpc_client_tool
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from server_support import Server, free_port, infer, model_version
 
@@ -24,18 +24,20 @@ def _metric(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-def _read_back(env: dict, bucket: str, prefix: str) -> list[dict]:
+def _read_back(env: dict, bucket: str, prefix: str) -> dict[str, list[dict]]:
+    """The rows of every object under the prefix, grouped by request id, in row order."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=env["KILN_S3_ENDPOINT"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_REGION"])
-    records = []
+    by_id: dict[str, list[dict]] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            assert obj["Key"].endswith(".jsonl.gz") and "/v1/" in obj["Key"], obj["Key"]
-            data = gzip.decompress(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-            records.extend(json.loads(line) for line in data.splitlines() if line)
-    return records
+            assert obj["Key"].endswith(".parquet") and "/v1/" in obj["Key"], obj["Key"]
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            for row in pq.read_table(io.BytesIO(body)).to_pylist():
+                by_id.setdefault(row["id"], []).append(row)
+    return {rid: sorted(rows, key=lambda r: r["row"]) for rid, rows in by_id.items()}
 
 
 def test_records_match_the_requests_sent(s3_env, s3_prefix):
@@ -88,19 +90,19 @@ def test_records_match_the_requests_sent(s3_env, s3_prefix):
         assert status == 422  # refused requests are not recorded
     finally:
         assert srv.stop() == 0  # the shutdown writes what is queued
-    records = _read_back(s3_env, bucket, prefix)
-    by_id = {r["id"]: r for r in records}
-    assert len(records) == len(by_id) == len(sent), sorted(by_id)
+    by_id = _read_back(s3_env, bucket, prefix)
+    assert sorted(by_id) == sorted(sent)
     for rid, want in sent.items():
-        rec = by_id[rid]
-        assert rec["model"] == "bc" and rec["version"] == "1" and rec["protocol"] == want["protocol"]
-        assert rec["rows"] == len(want["rows"]) and rec["latencyMs"] >= 0 and rec["time"].endswith("Z")
-        assert rec["features"] == ["size", "color", "weight"]
-        inputs = dict(zip(rec["features"], zip(*rec["inputs"], strict=True), strict=True))
-        assert list(inputs["color"]) == want["rows"]["color"].tolist()
-        np.testing.assert_allclose(inputs["size"], want["rows"]["size"].to_numpy())
-        assert rec["outputs"]["label"] == want["label"]
-        assert len(rec["outputs"]["probabilities"]) == len(want["rows"])
+        rows = by_id[rid]
+        assert [r["row"] for r in rows] == list(range(len(want["rows"])))
+        for r in rows:
+            assert r["model"] == "bc" and r["version"] == "1" and r["protocol"] == want["protocol"]
+            assert r["latency_ms"] >= 0 and r["time"].tzinfo is not None
+            assert {"output:probability:big", "output:probability:small"} <= set(r), sorted(r)
+        assert [r["input:color"] for r in rows] == want["rows"]["color"].tolist()
+        np.testing.assert_allclose([r["input:size"] for r in rows], want["rows"]["size"].to_numpy())
+        np.testing.assert_allclose([r["input:weight"] for r in rows], want["rows"]["weight"].to_numpy())
+        assert [r["output:label"] for r in rows] == want["label"]
 
 
 class _BlackHole:

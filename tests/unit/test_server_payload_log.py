@@ -1,15 +1,19 @@
-"""kiln_server.payload_log with a stand-in S3 client: records encoded as gzip JSON lines, batched per object;
-a client that hangs or fails never blocks offer(), and what cannot wait is dropped and counted."""
+"""kiln_server.payload_log with a stand-in S3 client: records encoded as Parquet (one row per input row),
+batched per object; a client that hangs or fails never blocks offer(), and what cannot wait is dropped and
+counted."""
 
 from __future__ import annotations
 
-import gzip
+import io
 import json
 import threading
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 
+from kiln_server import payload_log
 from kiln_server.payload_log import PayloadLog
 
 
@@ -27,33 +31,109 @@ class FakeS3:
             self.hang.wait(30)
         if self.fail:
             raise OSError("store down")
+        assert kw["ContentType"] == "application/vnd.apache.parquet"
         self.objects[f"{Bucket}/{Key}"] = Body
 
 
-def _log(client, **kw) -> PayloadLog:
-    return PayloadLog("s3://b/logs/dep", "m", "3", ["a", "b"], None, client_factory=lambda: client, **kw)
+def _log(client, names=("a", "b"), **kw) -> PayloadLog:
+    return PayloadLog("s3://b/logs/dep", "m", "3", list(names), None, client_factory=lambda: client, **kw)
+
+
+def _rows(s3: FakeS3) -> list[dict]:
+    return [row for body in s3.objects.values() for row in pq.read_table(io.BytesIO(body)).to_pylist()]
 
 
 def test_records_are_written_in_batches_and_read_back():
     s3 = FakeS3()
-    plog = _log(s3, batch=3, flush_s=0.05)
+    plog = _log(s3, batch=3, flush_s=0.05, classes=["no", "yes"])
     for i in range(7):
-        plog.offer("grpc", f"r{i}", np.array([[i, 0.5]], dtype=np.float32), 1, np.array(["yes"], dtype=object),
-                   np.array([[0.2, 0.8]]), 0.001)
-    plog.offer("rest-v2", "cols", [np.array([1.0, np.nan]), np.array(["x", "y"], dtype=object)], 2,
-               np.array([1, 0]), None, 0.002)
+        plog.offer("grpc", f"r{i}", np.array([[i, 0.5], [i, 1.5]], dtype=np.float32), 2,
+                   np.array(["yes", "no"], dtype=object), np.array([[0.2, 0.8], [0.6, 0.4]]), 0.001)
     plog.close()
-    assert all(k.startswith("b/logs/dep/v3/") and k.endswith(".jsonl.gz") for k in s3.objects)
-    assert len(s3.objects) >= 3
-    records = [json.loads(line) for body in s3.objects.values() for line in gzip.decompress(body).splitlines()]
-    by_id = {r["id"]: r for r in records}
-    assert sorted(by_id) == sorted([f"r{i}" for i in range(7)] + ["cols"])
-    assert by_id["r4"]["features"] == ["a", "b"] and by_id["r4"]["model"] == "m" and by_id["r4"]["version"] == "3"
-    assert by_id["r4"]["inputs"] == [[4.0, 0.5]] and by_id["r4"]["outputs"]["label"] == ["yes"]
-    assert by_id["r4"]["outputs"]["probabilities"] == [[0.2, 0.8]] and by_id["r4"]["protocol"] == "grpc"
-    assert by_id["cols"]["inputs"] == [[1.0, "x"], [None, "y"]] and by_id["cols"]["rows"] == 2
-    assert by_id["cols"]["outputs"]["label"] == [1, 0] and "probabilities" not in by_id["cols"]["outputs"]
-    assert plog.counts == {"written": 8, "dropped": 0, "failed": 0}
+    assert all(k.startswith("b/logs/dep/v3/") and k.endswith(".parquet") for k in s3.objects)
+    assert len(s3.objects) >= 3  # batches of at most 3 records
+    body = next(iter(s3.objects.values()))
+    meta = pq.read_schema(io.BytesIO(body)).metadata
+    assert json.loads(meta[b"kiln.features"]) == ["a", "b"] and meta[b"kiln.version"] == b"3"
+    rows = _rows(s3)
+    assert len(rows) == 14
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r)
+    assert sorted(by_id) == [f"r{i}" for i in range(7)]
+    first, second = sorted(by_id["r4"], key=lambda r: r["row"])
+    assert (first["row"], second["row"]) == (0, 1)
+    assert first["input:a"] == 4.0 and first["input:b"] == 0.5 and second["input:b"] == 1.5
+    assert first["output:label"] == "yes" and second["output:label"] == "no"
+    assert first["output:probability:yes"] == 0.8 and second["output:probability:no"] == 0.6
+    assert first["model"] == "m" and first["version"] == "3" and first["protocol"] == "grpc"
+    assert first["latency_ms"] == pytest.approx(1.0) and first["time"].tzinfo is not None
+    assert plog.counts == {"written": 7, "dropped": 0, "failed": 0}
+
+
+def test_categorical_columns_keep_their_types_and_missing_values():
+    s3 = FakeS3()
+    plog = _log(s3, names=("size", "color"), flush_s=0.05)
+    plog.offer("rest-v2", "cols", [np.array([1.0, np.nan, 3.0]), np.array(["x", None, float("nan")], dtype=object)],
+               3, np.array([1, 0, 1]), None, 0.002)
+    plog.close()
+    rows = sorted(_rows(s3), key=lambda r: r["row"])
+    table = pq.read_table(io.BytesIO(next(iter(s3.objects.values()))))
+    assert str(table.schema.field("input:size").type) == "double"
+    assert str(table.schema.field("input:color").type) == "string"
+    assert rows[0]["input:color"] == "x" and rows[1]["input:color"] is None and rows[2]["input:color"] is None
+    assert rows[0]["input:size"] == 1.0 and np.isnan(rows[1]["input:size"])
+    assert [r["output:label"] for r in rows] == [1, 0, 1]
+    assert not any(k.startswith("output:probability") for k in rows[0])
+
+
+def test_one_batch_encodes_what_one_record_at_a_time_encodes():
+    """The batch's row bookkeeping (which record a row belongs to, its index in it) against the plain case."""
+    plog = _log(FakeS3())
+    rng = np.random.default_rng(0)
+    records = []
+    for i, n in enumerate((1, 3, 1, 2)):
+        x = rng.normal(size=(n, 2)).astype(np.float32 if i % 2 else np.float64)
+        records.append((1764490000.25 + i, ("rest-v2", "grpc")[i % 2], f'id "{i}"', x, n, rng.integers(0, 3, n),
+                        rng.random((n, 3)), 0.0012345 * (i + 1), 2 * n))
+    batch = pq.read_table(io.BytesIO(plog.encode(records))).to_pylist()
+    one_by_one = [row for r in records for row in pq.read_table(io.BytesIO(plog.encode([r]))).to_pylist()]
+    assert batch == one_by_one
+    assert [r["row"] for r in batch] == [0, 0, 1, 2, 0, 0, 1]
+    assert [r["protocol"] for r in batch] == ["rest-v2", "grpc", "grpc", "grpc", "rest-v2", "grpc", "grpc"]
+    assert batch[0]["time"].isoformat() == "2025-11-30T08:06:40.250000+00:00" and batch[0]["id"] == 'id "0"'
+    assert batch[3]["input:b"] == pytest.approx(float(records[1][3][2, 1]))
+    assert sorted(k for k in batch[0] if k.startswith("output:probability:")) == [
+        "output:probability:0", "output:probability:1", "output:probability:2"]  # no class names given
+    plog.close()
+
+
+def test_row_groups_of_one_object_share_one_schema(monkeypatch):
+    """A batch is written a chunk (row group) at a time; requests of FP32 and FP64 in one batch still give one
+    double column, and the rows read back are the rows sent, in order."""
+    monkeypatch.setattr(payload_log, "CHUNK_RECORDS", 2)
+    plog = _log(FakeS3())
+    records = [(1764490000.0 + i, "grpc", f"r{i}", np.full((2, 2), i, dtype=np.float32 if i % 2 else np.float64), 2,
+                np.array([i, i]), np.array([[0.5, 0.5], [0.25, 0.75]]), 0.001, 4) for i in range(5)]
+    body = plog.encode(records)
+    meta = pq.read_metadata(io.BytesIO(body))
+    assert meta.num_row_groups == 3 and meta.num_rows == 10
+    table = pq.read_table(io.BytesIO(body))
+    assert str(table.schema.field("input:a").type) == "double"
+    assert table.column("input:a").to_pylist() == [float(i) for i in range(5) for _ in range(2)]
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(5) for _ in range(2)]
+    plog.close()
+
+
+def test_an_object_holds_at_most_batch_values(monkeypatch):
+    monkeypatch.setattr(payload_log, "BATCH_VALUES", 40)
+    s3 = FakeS3()
+    plog = _log(s3, flush_s=0.05)
+    for i in range(10):
+        plog.offer("rest-v2", str(i), np.zeros((10, 2)), 10, np.zeros(10), None, 0.0)  # 20 values each
+    plog.close()
+    sizes = sorted(pq.read_metadata(io.BytesIO(b)).num_rows for b in s3.objects.values())
+    assert sum(sizes) == 100 and max(sizes) <= 20 and len(sizes) >= 5
 
 
 def test_a_hanging_store_drops_and_counts_never_blocks():
@@ -84,21 +164,3 @@ def test_failures_are_counted_and_sampling_applies():
     none.offer("grpc", "x", np.zeros((1, 2)), 1, np.array([1]), None, 0.0)
     assert len(none.queue) == 0
     none.close()
-
-
-def test_the_batch_path_writes_what_the_per_record_path_writes():
-    plog = _log(FakeS3())
-    rng = np.random.default_rng(0)
-    records = []
-    for i, n in enumerate((1, 3, 1, 2)):
-        x = rng.normal(size=(n, 2)).astype(np.float32)
-        x[0, 1] = np.nan if i == 2 else x[0, 1]
-        records.append((1764490000.25 + i, "rest-v2", f'id "{i}"', x, n, rng.integers(0, 3, n),
-                        rng.random((n, 3)), 0.0012345, 2 * n))
-    head = b'{"model":"m","version":"3","features":["a","b"]'
-    fast = [json.loads(line) for line in plog._fast_lines(head, records)]
-    slow = [json.loads(line) for line in plog._lines(head, records)]
-    assert fast == slow
-    assert fast[2]["inputs"][0][1] is None and fast[1]["rows"] == 3 and len(fast[1]["outputs"]["probabilities"]) == 3
-    assert fast[0]["time"] == "2025-11-30T08:06:40.250000Z" and fast[0]["id"] == 'id "0"'
-    plog.close()
