@@ -1,8 +1,9 @@
 """Payload logging: request/response records written to S3 as Parquet, in batches, off the request's path.
 
 With --payload-log-uri (the operator sets it from a Kiln Deployment's spec.logging), a sampled share of the
-successful inference requests, REST and gRPC alike, are recorded. Each object is one Parquet file (one row
-group, Snappy) with one row per input row of a request — the table a data scientist wants back:
+successful inference requests, REST and gRPC alike, are recorded. Each object is one Parquet file (Snappy,
+a row group per chunk of CHUNK_RECORDS records) with one row per input row of a request — the table a data
+scientist wants back:
 
     time              timestamp[us, UTC]  when the answer was ready
     id                string              the request id (V2 body `id`, else `x-request-id` / gRPC metadata,
@@ -246,7 +247,7 @@ class PayloadLog:
     def _input_columns(self, xs, total: int, dtype) -> list:
         """The batch's inputs as one array per feature. A matrix batch (all-numeric models) is transposed
         request by request (each small enough for the cache) — a transposition of the concatenation would
-        stride through megabytes per column. (map/set over the batch: C loops, not per-record bytecode.)"""
+        stride through megabytes per column."""
         if dtype is not None:
             out = np.empty((len(self.names), total), dtype=dtype)  # C order
             return list(np.concatenate([x.T for x in xs], axis=1, out=out))
