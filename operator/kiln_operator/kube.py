@@ -16,7 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kiln_contract import GROUP, VERSION
-from kiln_operator import operator_metrics
+from kiln_operator import operator_metrics, settings
 
 FIELD_MANAGER = "kiln"
 _RESOURCE = re.compile(r"/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/[^/]+)?/([a-z]+)(?:/[^/?]+)?(?:/([a-z]+))?")
@@ -65,7 +65,7 @@ def api() -> client.ApiClient:
         config.load_kube_config()
     configuration = client.Configuration.get_default_copy()
     # A keep-alive connection per worker thread: a pool smaller than the workers makes new TLS handshakes.
-    configuration.connection_pool_maxsize = int(os.environ.get("KILN_WORKERS", "32")) + 8
+    configuration.connection_pool_maxsize = settings.workers() + 8
     api_client = client.ApiClient(configuration)
     api_client.user_agent = "kiln-operator"  # the manager name in managedFields, and in the API server's logs
     api_client.rest_client.request = _counted(api_client.rest_client.request)

@@ -36,6 +36,16 @@ ACTIVE = ("Pending", "Running")
 RUNS_KEPT = 10
 
 
+def following(tj: dict | None) -> bool:
+    """Whether this TrainingJob's current run has its Job already, and a pass would only follow it (a Job or pod
+    event); a pass that may start a run — a new or edited spec, a cron tick, a finished run — is not."""
+    if not tj:
+        return False
+    status = tj.get("status") or {}
+    return bool(status.get("jobName")) and status.get("phase") in ACTIVE and \
+        status.get("observedGeneration") == tj["metadata"].get("generation")
+
+
 def _parse(ts: str) -> dt.datetime:
     return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
 

@@ -25,6 +25,10 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._dirty)
 
+    def outstanding(self) -> int:
+        """Keys queued or being handled now: the work in hand (a delayed add does not count)."""
+        return len(self._dirty | self._processing)
+
     def add(self, key: Hashable) -> None:
         if key in self._dirty:
             return

@@ -264,3 +264,49 @@ def test_queue_hands_out_by_priority_then_arrival():
         return [await q.get() for _ in range(4)]
 
     assert asyncio.run(scenario()) == [("TrainingJob", "b"), ("TrainingJob", "d"), ("Model", "a"), ("Model", "c")]
+
+
+def test_a_run_that_needs_its_job_goes_before_serving_and_runs_that_only_follow_theirs():
+    from kiln_operator.controller import Controller
+    from kiln_operator.settings import Settings
+
+    def tj(name, status=None, generation=1):
+        return {"metadata": {"name": name, "namespace": "ns", "generation": generation}, "spec": {"model": "m"},
+                "status": status or {}}
+
+    objects = {
+        "new": tj("new"),  # applied a moment ago
+        "following": tj("following", {"jobName": "following-v1", "phase": "Pending", "observedGeneration": 1}),
+        "edited": tj("edited", {"jobName": "edited-v1", "phase": "Running", "observedGeneration": 1}, generation=2),
+        "finished": tj("finished", {"jobName": "finished-v1", "phase": "Succeeded", "observedGeneration": 1}),
+    }
+
+    async def scenario():
+        ctl = Controller(Settings(), {"kiln_trainingjobs": {("ns", n): [o] for n, o in objects.items()}})
+        for key in [("Model", "ns", "m"), ("TrainingJob", "ns", "following"), ("Deployment", "ns", "d"),
+                    ("TrainingJob", "ns", "new"), ("TrainingJob", "ns", "edited"),
+                    ("TrainingJob", "ns", "finished")]:
+            ctl.queue.add(key)
+        assert ctl.queue.outstanding() == 6
+        order = [(await ctl.queue.get())[2] for _ in range(6)]
+        assert ctl.queue.outstanding() == 6  # handed out, not done: still in hand
+        for key in [("Model", "ns", "m"), ("Deployment", "ns", "d")] + [("TrainingJob", "ns", n) for n in objects]:
+            ctl.queue.done(key)
+        assert ctl.queue.outstanding() == 0
+        ctl.executor.shutdown()
+        ctl.event_executor.shutdown()
+        return order
+
+    # runs that may start (new, an edited spec, a finished run's next tick) first, then serving, then runs
+    # whose Job exists (their Job and pod events), then Model bookkeeping
+    assert asyncio.run(scenario()) == ["new", "edited", "finished", "d", "following", "m"]
+
+
+@pytest.mark.parametrize("quiet, since_last, due", [
+    (True, 0.0, False), (True, 29.0, False), (True, 30.0, True),
+    (False, 30.0, False), (False, 299.0, False), (False, 300.0, True),
+])
+def test_full_garbage_collections_wait_for_a_quiet_moment_but_not_for_ever(quiet, since_last, due):
+    from kiln_operator.controller import full_collection_due
+
+    assert full_collection_due(quiet, since_last) is due
