@@ -46,6 +46,9 @@ class Settings:
         "KILN_ALLOWED_TOLERATION_KEYS", "nvidia.com/gpu,kiln.dev/*"))
     allowed_node_selector_keys: list[str] = field(default_factory=lambda: _list(
         "KILN_ALLOWED_NODE_SELECTOR_KEYS", DEFAULT_NODE_SELECTOR_KEYS))
+    # Schedulers a TrainingJob's spec.schedulerName may name (same patterns); unset means the default one.
+    allowed_scheduler_names: list[str] = field(default_factory=lambda: _list(
+        "KILN_ALLOWED_SCHEDULER_NAMES", "default-scheduler"))
     s3_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_SECRET", "kiln-s3"))
     # Serving pods only read artifacts: a Secret with read-only credentials where the store has them.
     s3_serving_secret: str = field(default_factory=lambda: os.environ.get("KILN_S3_SERVING_SECRET")

@@ -99,8 +99,9 @@ def within(uri: str, prefixes: list[str], field: str) -> None:
     raise NotAllowed(field, f"{uri} is outside the storage this namespace may use ({', '.join(prefixes)})")
 
 
-def check_scheduling(spec: dict, toleration_keys: list[str], node_selector_keys: list[str]) -> None:
-    """Tolerations and nodeSelector keys of a TrainingJob against the platform team's allowlist.
+def check_scheduling(spec: dict, toleration_keys: list[str], node_selector_keys: list[str],
+                     scheduler_names: list[str] = ("default-scheduler",)) -> None:
+    """Tolerations, nodeSelector keys and the scheduler of a TrainingJob against the platform team's allowlist.
 
     Patterns: an exact key, a prefix ending in "*", or "*" alone for any key. A toleration without a key
     tolerates every taint (control-plane ones included), so only "*" allows it. Refused, not filtered:
@@ -116,6 +117,12 @@ def check_scheduling(spec: dict, toleration_keys: list[str], node_selector_keys:
         if not _allowed(key, node_selector_keys):
             raise NotAllowed(f"spec.nodeSelector.{key}",
                              f"node selector key {key!r} is not allowed; allowed keys: {_say(node_selector_keys)}")
+    # Another scheduler may place pods by other rules (quotas, taints, gangs): the platform names the ones
+    # it runs. An unset name is the cluster's default scheduler.
+    name = spec.get("schedulerName")
+    if name and not _allowed(name, list(scheduler_names)):
+        raise NotAllowed("spec.schedulerName",
+                         f"scheduler {name!r} is not allowed; allowed schedulers: {_say(list(scheduler_names))}")
 
 
 def _allowed(key: str, patterns: list[str]) -> bool:

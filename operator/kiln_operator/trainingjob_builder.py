@@ -69,6 +69,8 @@ def build_job(tj: dict, *, version: int, run: str, output: str, image: str, s3_s
     }
     if spec.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
+    if spec.get("schedulerName"):
+        pod_spec["schedulerName"] = spec["schedulerName"]
     if tolerations:
         pod_spec["tolerations"] = tolerations
     job_spec = {

@@ -119,7 +119,8 @@ def reconcile(world: TrainingWorld, cfg: Settings, now: dt.datetime | None = Non
 def _check_tenancy(spec: dict, model: dict, cfg: Settings) -> None:
     """What the run would touch, against what its namespace may use: scheduling keys, the dataset, the storage."""
     ns = model["metadata"]["namespace"]
-    tenancy.check_scheduling(spec, cfg.allowed_toleration_keys, cfg.allowed_node_selector_keys)
+    tenancy.check_scheduling(spec, cfg.allowed_toleration_keys, cfg.allowed_node_selector_keys,
+                             cfg.allowed_scheduler_names)
     uri = str((spec.get("dataset") or {}).get("uri", ""))
     if uri.startswith("s3:"):
         tenancy.within(uri, tenancy.readable(ns, cfg.storage, cfg.storage_prefixes, cfg.read_prefixes),
@@ -131,7 +132,8 @@ def _check_tenancy(spec: dict, model: dict, cfg: Settings) -> None:
 
 
 def _not_allowed_reason(exc: tenancy.NotAllowed) -> str:
-    return "SchedulingNotAllowed" if exc.field.startswith(("spec.tolerations", "spec.nodeSelector")) \
+    return "SchedulingNotAllowed" if exc.field.startswith(("spec.tolerations", "spec.nodeSelector",
+                                                           "spec.schedulerName")) \
         else "StorageNotAllowed"
 
 

@@ -106,6 +106,6 @@ def test_manifests_models_before_their_trainingjobs():
             assert plurals == ["models", "trainingjobs"]
             model, tj = task[0][1], task[1][1]
             assert tj["spec"]["model"] == model["metadata"]["name"]
-            assert tj["spec"]["nodeSelector"] == bs.UNSCHEDULABLE
+            assert tj["spec"]["nodeSelector"] == bs.UNSCHEDULABLE and tj["spec"]["schedulerName"] == bs.HELD_BY
     deps = [b for p, b in flat if p == "deployments"]
     assert all(b["spec"]["replicas"] == {"min": 0, "max": 2} for b in deps)

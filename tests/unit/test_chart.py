@@ -112,6 +112,7 @@ def test_defaults_render_the_operator_the_gateway_their_rbac_and_services():
     assert tenancy.parse_prefix_map(env["KILN_READ_PREFIXES"], "x") == {"*": ["s3://kiln/datasets/{namespace}"]}
     assert env["KILN_ALLOWED_TOLERATION_KEYS"] == "nvidia.com/gpu,kiln.dev/*"
     assert env["KILN_ALLOWED_NODE_SELECTOR_KEYS"] == operator_settings.DEFAULT_NODE_SELECTOR_KEYS
+    assert env["KILN_ALLOWED_SCHEDULER_NAMES"] == "default-scheduler"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "http": 8082}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]

@@ -48,6 +48,11 @@ def test_gpu_request_adds_limit_and_toleration():
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
+def test_scheduler_name_goes_to_the_pod_and_only_when_set():
+    assert build(tj(schedulerName="volcano"))["spec"]["template"]["spec"]["schedulerName"] == "volcano"
+    assert "schedulerName" not in build(tj())["spec"]["template"]["spec"]
+
+
 def test_long_names_stay_dns_labels():
     obj = tj()
     obj["metadata"]["name"] = "x" * 70

@@ -84,6 +84,21 @@ def test_scheduling_onto_control_plane_is_refused(spec, field):
     assert err.value.field == field
 
 
+@pytest.mark.parametrize("name, allowed, ok", [
+    (None, ["default-scheduler"], True), ("default-scheduler", ["default-scheduler"], True),
+    ("volcano", ["default-scheduler"], False), ("volcano", ["default-scheduler", "volcano"], True),
+    ("kiln-bench-held", ["kiln-bench-*"], True), ("my-scheduler", ["*"], True), ("volcano", [], False),
+])
+def test_scheduler_names_come_from_the_platform_allowlist(name, allowed, ok):
+    spec = {"schedulerName": name} if name else {}
+    if ok:
+        tenancy.check_scheduling(spec, TOLERATIONS, SELECTORS, allowed)
+        return
+    with pytest.raises(tenancy.NotAllowed) as err:
+        tenancy.check_scheduling(spec, TOLERATIONS, SELECTORS, allowed)
+    assert err.value.field == "spec.schedulerName" and repr(name) in err.value.message
+
+
 def test_allowed_scheduling_passes_and_star_allows_everything():
     spec = {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}, {"key": "kiln.dev/pool"}],
             "nodeSelector": {"nvidia.com/gpu.present": "true", "topology.kubernetes.io/zone": "a",

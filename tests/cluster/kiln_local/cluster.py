@@ -108,6 +108,8 @@ def start_operator(env: dict[str, str], source: Path | None = None) -> None:
     ], env={**env, "KUBECONFIG": str(KUBECONFIG), "KILN_LOG_FORMAT": "json", "KILN_OPERATOR_LISTEN": OPERATOR_LISTEN,
             "KILN_S3_SERVING_SECRET": SERVING_SECRET,
             "KILN_READ_PREFIXES": READ_PREFIXES.replace("BUCKET", env.get("KILN_BUCKET", s3.BUCKET)),
+            # bench_scale.py holds its training pods with a scheduler name no scheduler serves
+            "KILN_ALLOWED_SCHEDULER_NAMES": "default-scheduler,kiln-bench-*",
             **extra}, cwd=str(source or REPO))
     procs.wait_for(_operator_live, "operator liveness", 60, "kiln-operator")
 
