@@ -172,7 +172,12 @@ class Controller:
                 self.failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one object's failure must not stop the worker
+            except Exception as exc:  # noqa: BLE001 - one object's failure must not stop the worker
+                if kube.namespace_terminating(exc):
+                    # e.g. a child re-created while its namespace is deleted: the object is going away too
+                    operator_metrics.RECONCILES.labels(kind=key[0], outcome="namespace_terminating").inc()
+                    log.debug("%s %s/%s: its namespace is being deleted; not retried", *key)
+                    continue
                 operator_metrics.RECONCILES.labels(kind=key[0], outcome="error").inc()
                 n = self.failures[key] = self.failures.get(key, 0) + 1
                 delay = min(60.0, 0.5 * 2 ** min(n, 7))

@@ -212,6 +212,18 @@ def _call(method: str, path: str, body=None, query=None, content_type: str = "ap
     return json.loads(response.data) if response.data else {}
 
 
+def namespace_terminating(exc: BaseException) -> bool:
+    """Whether the API server refused a write because the object's namespace is being deleted (403 with the
+    cause NamespaceTerminating): the namespace's objects go with it, nothing to retry."""
+    if not isinstance(exc, ApiException) or exc.status != 403:
+        return False
+    try:
+        details = (json.loads(exc.body or "{}").get("details") or {})
+    except (ValueError, AttributeError):
+        return False
+    return any((c or {}).get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
+
+
 def create(manifest: dict) -> dict | None:
     """POST; None when an object of that name exists (ours or not: the caller decides)."""
     meta = manifest["metadata"]

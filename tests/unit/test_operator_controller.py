@@ -310,3 +310,24 @@ def test_full_garbage_collections_wait_for_a_quiet_moment_but_not_for_ever(quiet
     from kiln_operator.controller import full_collection_due
 
     assert full_collection_due(quiet, since_last) is due
+
+
+def _api_error(status: int, body: str):
+    from kubernetes.client.rest import ApiException
+
+    exc = ApiException(status=status, reason="x")
+    exc.body = body
+    return exc
+
+
+@pytest.mark.parametrize("exc, terminating", [
+    (_api_error(403, '{"kind":"Status","reason":"Forbidden","details":{"name":"d1","kind":"services","causes":'
+                     '[{"reason":"NamespaceTerminating","message":"namespace ns is being terminated",'
+                     '"field":"metadata.namespace"}]},"code":403}'), True),
+    (_api_error(403, '{"kind":"Status","reason":"Forbidden","details":{"name":"d1","kind":"services"}}'), False),
+    (_api_error(403, "not json"), False),
+    (_api_error(409, '{"details":{"causes":[{"reason":"NamespaceTerminating"}]}}'), False),
+    (RuntimeError("NamespaceTerminating"), False),
+])
+def test_a_write_refused_because_the_namespace_is_going_away_is_told_apart(exc, terminating):
+    assert kube.namespace_terminating(exc) is terminating
