@@ -89,6 +89,10 @@ def _client():
 
 
 class PayloadLog:
+    # Snappy: on float inputs that do not compress it costs little more than none, on ones that do it costs
+    # 2-3x what the rest of encoding costs (bench/bench_payload_encode.py).
+    compression = "snappy"
+
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
                  classes: list | None = None, sample_rate: float = 1.0, queue_max: int = 20000,
                  batch: int = 10000, flush_s: float = 5.0, client_factory=_client):
@@ -199,8 +203,8 @@ class PayloadLog:
                 # Statistics on time only: the one column a reader filters by; the rest would be CPU for nothing.
                 dictionary = ["id", "protocol", "model", "version"] + [
                     f.name for f in table.schema if f.name.startswith("input:") and self.pa.types.is_string(f.type)]
-                writer = self.pq.ParquetWriter(sink, table.schema, compression="snappy", use_dictionary=dictionary,
-                                               write_statistics=["time"], store_schema=True)
+                writer = self.pq.ParquetWriter(sink, table.schema, compression=self.compression,
+                                               use_dictionary=dictionary, write_statistics=["time"], store_schema=True)
             elif table.schema != writer.schema:
                 table = table.cast(writer.schema)  # e.g. an int label column where an earlier chunk had float
             writer.write_table(table)
