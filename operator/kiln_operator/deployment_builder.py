@@ -89,6 +89,7 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, im
         env += [
             {"name": "KILN_PAYLOAD_LOG_URI", "value": logging.uri},
             {"name": "KILN_PAYLOAD_LOG_SAMPLE_RATE", "value": repr(float(logging.sample_rate))},
+            {"name": "KILN_PAYLOAD_LOG_COMPRESSION", "value": logging.compression},
             # A writable credential for the records only, under names the artifact reads never use.
             {"name": "KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID",
              "valueFrom": {"secretKeyRef": {"name": logging.secret, "key": "AWS_ACCESS_KEY_ID"}}},

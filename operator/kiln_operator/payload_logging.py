@@ -16,6 +16,7 @@ from kiln_operator import tenancy
 class Logging:
     uri: str
     sample_rate: float
+    compression: str  # Parquet codec: snappy | zstd | none (the CRD's enum)
     secret: str  # the Secret with the credentials the server writes the records with
 
 
@@ -28,4 +29,5 @@ def resolve(dep: dict, cfg) -> Logging | None:
     writable = tenancy.writable(ns, cfg.storage, cfg.storage_prefixes)
     uri = (spec.get("uri") or f"{writable[0].rstrip('/')}/payload-logs/{name}").rstrip("/")
     tenancy.within(uri, writable, "spec.logging.uri")
-    return Logging(uri=uri, sample_rate=float(spec.get("sampleRate", 1.0)), secret=cfg.s3_logging_secret)
+    return Logging(uri=uri, sample_rate=float(spec.get("sampleRate", 1.0)),
+                   compression=str(spec.get("compression") or "snappy"), secret=cfg.s3_logging_secret)

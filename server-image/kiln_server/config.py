@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 
+PAYLOAD_LOG_CODECS = ("snappy", "zstd", "none")  # Parquet codecs of payload-log objects; the CRD's enum agrees
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
@@ -44,6 +45,7 @@ class Config:
     grpc_port: int = 0  # 0: no gRPC listener
     payload_log_uri: str = ""  # s3:// prefix for request/response records; "" = off
     payload_log_sample_rate: float = 1.0
+    payload_log_compression: str = "snappy"  # Parquet codec of the objects
     payload_log_queue: int = 20000  # records held at most while S3 is slow; past it they are dropped, counted
     payload_log_batch: int = 10000  # records per object at most
     payload_log_flush_s: float = 5.0  # an object is written at least this often while records wait
@@ -148,6 +150,9 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
                         "[KILN_PAYLOAD_LOG_URI]")
     parser.add_argument("--payload-log-sample-rate", type=float, default=default("payload_log_sample_rate", "1"),
                         help="share of requests recorded, 0..1 [KILN_PAYLOAD_LOG_SAMPLE_RATE] (1)")
+    parser.add_argument("--payload-log-compression", default=default("payload_log_compression", "snappy"),
+                        choices=list(PAYLOAD_LOG_CODECS),
+                        help="Parquet codec of the objects [KILN_PAYLOAD_LOG_COMPRESSION] (snappy)")
     parser.add_argument("--payload-log-queue", type=int, default=default("payload_log_queue", "20000"),
                         help="records held at most while the store is slow; more are dropped and counted "
                         "[KILN_PAYLOAD_LOG_QUEUE] (20000)")
@@ -186,6 +191,9 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         parser.error(f"--grpc-port {args.grpc_port} is the HTTP port (--port); give gRPC a port of its own")
     if not 0 <= args.payload_log_sample_rate <= 1:
         parser.error("--payload-log-sample-rate must be between 0 and 1")
+    if args.payload_log_compression not in PAYLOAD_LOG_CODECS:  # argparse checks choices of flags, not of env
+        parser.error(f"--payload-log-compression {args.payload_log_compression!r}: not one of "
+                     f"{', '.join(PAYLOAD_LOG_CODECS)}")
     if args.payload_log_uri and not args.payload_log_uri.startswith("s3://"):
         parser.error(f"--payload-log-uri {args.payload_log_uri!r} is not an s3:// prefix")
     for flag in ("payload_log_queue", "payload_log_batch"):
@@ -234,6 +242,7 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         grpc_port=args.grpc_port,
         payload_log_uri=args.payload_log_uri,
         payload_log_sample_rate=args.payload_log_sample_rate,
+        payload_log_compression=args.payload_log_compression,
         payload_log_queue=args.payload_log_queue,
         payload_log_batch=args.payload_log_batch,
         payload_log_flush_s=args.payload_log_flush_s,

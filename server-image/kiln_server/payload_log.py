@@ -57,6 +57,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from kiln_contract import storage
+from kiln_server.config import PAYLOAD_LOG_CODECS
 
 log = logging.getLogger("kiln_server.payload_log")
 
@@ -89,13 +90,9 @@ def _client():
 
 
 class PayloadLog:
-    # Snappy: on float inputs that do not compress it costs little more than none, on ones that do it costs
-    # 2-3x what the rest of encoding costs (bench/bench_payload_encode.py).
-    compression = "snappy"
-
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
                  classes: list | None = None, sample_rate: float = 1.0, queue_max: int = 20000,
-                 batch: int = 10000, flush_s: float = 5.0, client_factory=_client):
+                 batch: int = 10000, flush_s: float = 5.0, compression: str = "snappy", client_factory=_client):
         # pyarrow only where logging is on: importing it costs a server start ~0.2 s
         import pyarrow
         import pyarrow.parquet
@@ -109,6 +106,11 @@ class PayloadLog:
         self.queue_max = queue_max
         self.batch = batch
         self.flush_s = flush_s
+        # Snappy by default: where values do not repeat it costs little more than none; where they do it costs the
+        # writer 2-3x the rest of encoding for about half the size (bench/bench_payload_encode.py).
+        if compression not in PAYLOAD_LOG_CODECS:
+            raise ValueError(f"payload-log compression {compression!r} is not one of {', '.join(PAYLOAD_LOG_CODECS)}")
+        self.compression = compression
         self.queue: collections.deque = collections.deque()
         # input values queued = added - removed; each counter has one writer (the loop; the writer thread)
         self.added = 0
@@ -136,7 +138,8 @@ class PayloadLog:
         return cls(cfg.payload_log_uri, cfg.name, cfg.version, list(schema.names), metrics,
                    classes=schema.classes if schema.is_classifier else None,
                    sample_rate=cfg.payload_log_sample_rate, queue_max=cfg.payload_log_queue,
-                   batch=cfg.payload_log_batch, flush_s=cfg.payload_log_flush_s)
+                   batch=cfg.payload_log_batch, flush_s=cfg.payload_log_flush_s,
+                   compression=cfg.payload_log_compression)
 
     # -- the request's side: O(1), no I/O ---------------------------------------------------------------
     def offer(self, protocol: str, rid: str, x, n: int, label, probs, seconds: float) -> None:

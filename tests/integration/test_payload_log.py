@@ -24,8 +24,9 @@ def _metric(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-def _read_back(env: dict, bucket: str, prefix: str) -> dict[str, list[dict]]:
-    """The rows of every object under the prefix, grouped by request id, in row order."""
+def _read_back(env: dict, bucket: str, prefix: str, codecs: set | None = None) -> dict[str, list[dict]]:
+    """The rows of every object under the prefix, grouped by request id, in row order; `codecs` collects the
+    objects' Parquet codecs."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=env["KILN_S3_ENDPOINT"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -35,6 +36,10 @@ def _read_back(env: dict, bucket: str, prefix: str) -> dict[str, list[dict]]:
         for obj in page.get("Contents", []):
             assert obj["Key"].endswith(".parquet") and "/v1/" in obj["Key"], obj["Key"]
             body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            if codecs is not None:
+                meta = pq.read_metadata(io.BytesIO(body))
+                codecs.update(meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
+                              for c in range(meta.num_columns))
             for row in pq.read_table(io.BytesIO(body)).to_pylist():
                 by_id.setdefault(row["id"], []).append(row)
     return {rid: sorted(rows, key=lambda r: r["row"]) for rid, rows in by_id.items()}
@@ -53,7 +58,7 @@ def test_records_match_the_requests_sent(s3_env, s3_prefix):
            "KILN_PAYLOAD_LOG_AWS_SECRET_ACCESS_KEY": s3_env["AWS_SECRET_ACCESS_KEY"]}
     srv = Server(str(m["dir"]), "bc", "--grpc-port", str(grpc_port), "--payload-log-uri",
                  f"s3://{bucket}/{prefix}", "--payload-log-flush-s", "0.5", "--payload-log-batch", "7",
-                 env=env).start()
+                 env=env | {"KILN_PAYLOAD_LOG_COMPRESSION": "zstd"}).start()
     X = m["X"]
     sent: dict[str, dict] = {}
     try:
@@ -90,8 +95,10 @@ def test_records_match_the_requests_sent(s3_env, s3_prefix):
         assert status == 422  # refused requests are not recorded
     finally:
         assert srv.stop() == 0  # the shutdown writes what is queued
-    by_id = _read_back(s3_env, bucket, prefix)
+    codecs: set = set()
+    by_id = _read_back(s3_env, bucket, prefix, codecs)
     assert sorted(by_id) == sorted(sent)
+    assert codecs == {"ZSTD"}  # the codec spec.logging.compression asks for, through the operator's env name
     for rid, want in sent.items():
         rows = by_id[rid]
         assert [r["row"] for r in rows] == list(range(len(want["rows"])))

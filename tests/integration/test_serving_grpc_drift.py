@@ -134,7 +134,8 @@ def wait_retrained(custom, ns: str) -> None:
 
 
 def test_grpc_payload_logging_and_categorical_drift(custom, kiln_ns, s3_env):
-    train_and_deploy(custom, kiln_ns, s3_env["KILN_BUCKET"], logging={"enabled": True, "sampleRate": 1.0})
+    log_spec = {"enabled": True, "sampleRate": 1.0, "compression": "zstd"}
+    train_and_deploy(custom, kiln_ns, s3_env["KILN_BUCKET"], logging=log_spec)
     status = get(custom, kiln_ns, "deployments", "ab")["status"]
     assert status["grpcTarget"] == f"ab.{kiln_ns}.svc:8081"
     log_uri = status["payloadLogUri"]
@@ -170,6 +171,7 @@ def test_grpc_payload_logging_and_categorical_drift(custom, kiln_ns, s3_env):
 
     loc = storage.parse_s3(log_uri)
     s3 = storage.s3_client()
+    codecs: set = set()
 
     def records():
         import pyarrow.parquet as pq
@@ -177,6 +179,7 @@ def test_grpc_payload_logging_and_categorical_drift(custom, kiln_ns, s3_env):
         out: dict[str, list[dict]] = {}
         for obj in s3.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key + "/").get("Contents", []):
             body = s3.get_object(Bucket=loc.bucket, Key=obj["Key"])["Body"].read()
+            codecs.add(pq.read_metadata(io.BytesIO(body)).row_group(0).column(0).compression)
             for row in pq.read_table(io.BytesIO(body)).to_pylist():
                 out.setdefault(row["id"], []).append(row)
         for rows in out.values():
@@ -184,6 +187,7 @@ def test_grpc_payload_logging_and_categorical_drift(custom, kiln_ns, s3_env):
         return out if {"grpc-raw", "grpc-typed", "rest-sample", "rest-normal"} <= set(out) else None
 
     logged = wait_until(records, 60, "payload-log records in S3", interval=1)
+    assert codecs == {"ZSTD"}  # spec.logging.compression, through the operator to the serving pods
     assert {r["protocol"] for r in logged["grpc-raw"]} == {"grpc"} and len(logged["rest-normal"]) == 600
     assert [r["input:color"] for r in logged["grpc-typed"]] == sample["color"]
     assert [r["output:label"] for r in logged["rest-sample"]] == by_rest["label"]["data"]

@@ -3,6 +3,8 @@ output, and what spec.logging and the gRPC port put on the serving pods and the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -136,10 +138,27 @@ def test_logging_default_prefix_and_writable_credentials_for_it_only():
     env = {e["name"]: e for e in c["env"]}
     assert env["KILN_PAYLOAD_LOG_URI"]["value"] == logging.uri
     assert env["KILN_PAYLOAD_LOG_SAMPLE_RATE"]["value"] == "0.25"
+    assert env["KILN_PAYLOAD_LOG_COMPRESSION"]["value"] == "snappy"  # the CRD's default, also when absent
     ref = env["KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": CFG.s3_logging_secret, "key": "AWS_ACCESS_KEY_ID"}
     assert c["envFrom"] == [{"secretRef": {"name": "kiln-s3-read"}}]  # artifacts: still read-only
     assert payload_logging.resolve(_dep(logging={"enabled": False, "uri": "s3://x/y"}), CFG) is None
+
+
+def test_logging_compression_reaches_the_server_and_the_crd_offers_what_the_server_takes():
+    import yaml
+
+    from kiln_server.config import PAYLOAD_LOG_CODECS
+
+    logging = payload_logging.resolve(_dep(logging={"enabled": True, "compression": "zstd"}), CFG)
+    server = deployment_builder.build_server(_dep(), _model()["status"]["versions"][0], track="stable", replicas=1,
+                                             image="kiln/server:0.1.0", s3_secret="kiln-s3-read", logging=logging)
+    env = {e["name"]: e.get("value") for e in server["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KILN_PAYLOAD_LOG_COMPRESSION"] == "zstd"
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "deployment.yaml").read_text())
+    field = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "logging"]["properties"]["compression"]
+    assert field["enum"] == list(PAYLOAD_LOG_CODECS) and field["default"] == "snappy"
 
 
 def test_logging_prefix_outside_the_namespace_storage_is_refused_naming_the_field():

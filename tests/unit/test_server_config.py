@@ -24,6 +24,9 @@ def test_defaults():
     cfg = parse(["--model", "/m", "--name", "n"], {})
     assert (cfg.host, cfg.port, cfg.workers, cfg.version, cfg.runtime) == ("127.0.0.1", 8080, 1, "1", "")
     assert cfg.max_body_bytes == 8 << 20 and not cfg.allow_unsafe_formats
+    assert cfg.payload_log_compression == "snappy"
+    assert parse(["--model", "/m", "--name", "n"], {"KILN_PAYLOAD_LOG_COMPRESSION": "none"}).payload_log_compression \
+        == "none"
 
 
 @pytest.mark.parametrize("argv, env", [
@@ -34,6 +37,7 @@ def test_defaults():
     (["--model", "/m", "--name", "n", "--expected-sha256", "123"], {}),
     (["--model", "/m", "--name", "a/b"], {}),
     (["--model", "/m", "--name", "n", "--runtime", "torch"], {}),
+    (["--model", "/m", "--name", "n"], {"KILN_PAYLOAD_LOG_COMPRESSION": "gzip"}),
 ])
 def test_bad_configuration_is_a_usage_error(argv, env):
     with pytest.raises(SystemExit) as info:

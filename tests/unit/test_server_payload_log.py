@@ -154,6 +154,21 @@ def test_a_hanging_store_drops_and_counts_never_blocks():
     assert plog.counts["dropped"] >= 1000 - 6 and plog.counts["written"] + plog.counts["dropped"] == 1000
 
 
+@pytest.mark.parametrize("codec, parquet", [("snappy", "SNAPPY"), ("zstd", "ZSTD"), ("none", "UNCOMPRESSED")])
+def test_objects_are_written_with_the_codec_asked_for(codec, parquet):
+    s3 = FakeS3()
+    plog = _log(s3, flush_s=0.05, compression=codec)
+    plog.offer("grpc", "r", np.array([[1.0, 2.0]] * 50), 50, np.arange(50), None, 0.001)
+    plog.close()
+    body = next(iter(s3.objects.values()))
+    meta = pq.read_metadata(io.BytesIO(body))
+    rg = meta.row_group(0)
+    assert {rg.column(i).compression for i in range(rg.num_columns)} == {parquet}
+    assert pq.read_table(io.BytesIO(body)).column("input:b").to_pylist() == [2.0] * 50
+    with pytest.raises(ValueError, match="gzip"):
+        _log(FakeS3(), compression="gzip")
+
+
 def test_failures_are_counted_and_sampling_applies():
     plog = _log(FakeS3(fail=True), batch=10, flush_s=0.01)
     for i in range(5):
