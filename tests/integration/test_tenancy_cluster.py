@@ -104,6 +104,9 @@ def test_datasets_and_byo_artifacts_are_read_only_from_the_namespaces_prefixes(c
     ({"tolerations": [{"operator": "Exists"}]}, "spec.tolerations[0].key"),
     ({"nodeSelector": {"node-role.kubernetes.io/control-plane": "true"}},
      "spec.nodeSelector.node-role.kubernetes.io/control-plane"),
+    # a scheduler the platform team has not allowed (the local cluster's operator allows default-scheduler and
+    # kiln-bench-*): refused before any Job, not left Pending for a scheduler that may place it anywhere
+    ({"schedulerName": "my-own-scheduler"}, "spec.schedulerName"),
 ])
 def test_training_pods_cannot_be_sent_to_control_plane_nodes(custom, kiln_ns, extra, field):
     create(custom, kiln_ns, "models", "Model", "iris", {})
