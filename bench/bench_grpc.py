@@ -24,6 +24,11 @@ measured in interleaved rounds, medians reported.
 Logging: kiln-rest vs kiln-rest-log (and kiln-grpc vs kiln-grpc-log) at concurrency 8; the goal is a
 throughput cost of at most LOG_COST_TARGET (5 %). S3 is the local cluster's SeaweedFS (kiln_local.s3.up()).
 
+--payload drawn: each request's rows drawn at random from the dataset (DRAWN_BODIES different requests per
+case, cycled by wrk's Lua and by the gRPC client) instead of the same rows every time. Values then repeat
+the way a live table's do, which is what compression pays for (bench_payload_encode.py); the default,
+`repeated`, keeps the figures comparable with earlier runs.
+
 Output: a table on stdout, JSON in bench/results/grpc.json (--out elsewhere), with ratios per point:
 kiln-grpc/kiln-rest, kiln-grpc/mlserver-grpc (throughput, p50, p99), and log cost.
 """
@@ -52,29 +57,62 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "grpc.json"
 LOG_COST_TARGET = 0.05
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
+DRAWN_BODIES = 256
+# wrk: one body per line of the file (compact JSON, no newline inside), each request formatted once in init()
+# (formatting a 40 KB request per call made wrk, not the server, the bottleneck), then cycled; results as
+# bench_server.LUA reports them
+LUA_BODIES = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local requests = {}
+local i = 0
+init = function(args)
+  for line in io.lines(os.getenv("KILN_BENCH_BODY")) do requests[#requests + 1] = wrk.format(nil, nil, nil, line) end
+end
+request = function()
+  i = i % #requests + 1
+  return requests[i]
+end
+""" + "done = function" + bs.LUA.split("done = function", 1)[1]
 
 
 # --- the gRPC load client (runs in its own process) --------------------------------------------------
 
 
-async def _load(target: str, body: bytes, concurrency: int, seconds: float) -> dict:
+def _frames(blob: bytes) -> list[bytes]:
+    """The requests of a gRPC body file: each a 4-byte little-endian length, then the serialised request."""
+    out, i = [], 0
+    while i < len(blob):
+        n = int.from_bytes(blob[i:i + 4], "little")
+        out.append(blob[i + 4:i + 4 + n])
+        i += 4 + n
+    return out
+
+
+def _framed(bodies: list[bytes]) -> bytes:
+    return b"".join(len(b).to_bytes(4, "little") + b for b in bodies)
+
+
+async def _load(target: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
     import grpc
 
     lat: list[float] = []
     errors = 0
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
         call = ch.unary_unary(METHOD)  # bytes in, bytes out: no client-side (de)serialisation
-        await call(body, timeout=10)
+        await call(bodies[0], timeout=10)
         end = time.perf_counter() + seconds
+        sent = 0
 
         async def worker():
-            nonlocal errors
+            nonlocal errors, sent
             while True:
                 t0 = time.perf_counter()
                 if t0 >= end:
                     return
+                sent += 1
                 try:
-                    await call(body, timeout=10)
+                    await call(bodies[sent % len(bodies)], timeout=10)
                 except grpc.aio.AioRpcError:
                     errors += 1
                 lat.append(time.perf_counter() - t0)
@@ -153,7 +191,10 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, only_logging: bool = False) -> dict:
+def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, only_logging: bool = False,
+        drawn: bool = False, log_compression: str = "snappy") -> dict:
+    import numpy as np
+
     wrk = bs.ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-grpc-"))
     procs: list[bs.Proc] = []
@@ -164,14 +205,19 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
         X = ref["X"]
         expected = ref["model"].predict(X[:bs.BATCH_ROWS]).tolist()
         cases = {"1-row": X[:1].tolist(), "64-rows": X[:bs.BATCH_ROWS].tolist()}
+        rng = np.random.default_rng(0)
         rest_bodies, grpc_bodies = {}, {}
         for case, rows in cases.items():
+            # the first request of every file is the case's own rows: the answer check below reads it
+            requests = [rows] + ([X[rng.integers(0, len(X), len(rows))].tolist() for _ in range(DRAWN_BODIES - 1)]
+                                 if drawn else [])
             rest_bodies[case] = work / f"{case}.json"
-            rest_bodies[case].write_bytes(bs.payload(rows))
+            rest_bodies[case].write_bytes(b"\n".join(bs.payload(r) for r in requests) if drawn else
+                                          bs.payload(rows))
             grpc_bodies[case] = work / f"{case}.pb"
-            grpc_bodies[case].write_bytes(grpc_request(rows))
+            grpc_bodies[case].write_bytes(_framed([grpc_request(r) for r in requests]))
         lua = work / "post.lua"
-        lua.write_text(bs.LUA)
+        lua.write_text(LUA_BODIES if drawn else bs.LUA)
 
         s3_env = {}
         try:
@@ -205,6 +251,7 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
             kiln("kiln-skl-grpc", None, "--runtime", "sklearn", "--allow-unsafe-formats")
         if s3_env:
             kiln("kiln-grpc-log", "kiln-rest-log", "--payload-log-uri", log_uri, "--payload-log-sample-rate", "1",
+                 "--payload-log-compression", log_compression,
                  env={k: v for k, v in s3_env.items() if k.startswith(("AWS_", "KILN_S3"))})
         if with_mlserver and not only_logging:
             exe = bs.ensure_mlserver()
@@ -224,9 +271,10 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
         for name, (kind, addr) in list(targets.items()):
             try:
                 if kind == "grpc":
-                    got = grpc_answer(addr, grpc_bodies["64-rows"].read_bytes())
+                    got = grpc_answer(addr, _frames(grpc_bodies["64-rows"].read_bytes())[0])
                 else:
-                    got = [int(v) for v in bs.check_answer(addr, rest_bodies["64-rows"].read_bytes())["outputs"][0]
+                    first = rest_bodies["64-rows"].read_bytes().split(b"\n", 1)[0]
+                    got = [int(v) for v in bs.check_answer(addr, first)["outputs"][0]
                            ["data"]]
                 if [int(v) for v in got] != expected:
                     raise RuntimeError("predicts differently from the scikit-learn model")
@@ -301,7 +349,8 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
         "pinning": "servers on CPU 0, load on CPU 1" if (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
         else "none",
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-        "logging": "--payload-log-uri to the local SeaweedFS, sample rate 1.0, default batch/flush",
+        "logging": "--payload-log-uri to the local SeaweedFS, sample rate 1.0, default batch/flush; codec: "
+                   "setup.log_compression",
     }
     return results
 
@@ -377,7 +426,7 @@ def ratios(points: dict) -> dict:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--load-client":
         target, body_file, conc, secs = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-        r = asyncio.run(_load(target, Path(body_file).read_bytes(), conc, secs))
+        r = asyncio.run(_load(target, _frames(Path(body_file).read_bytes()), conc, secs))
         print("KILN_RESULT " + json.dumps(r), flush=True)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -386,10 +435,17 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up")
     ap.add_argument("--no-mlserver", action="store_true")
     ap.add_argument("--only-logging", action="store_true", help="kiln with and without logging at c=8 only")
+    ap.add_argument("--payload", choices=["repeated", "drawn"], default="repeated",
+                    help="the same rows in every request, or rows drawn at random from the dataset")
+    ap.add_argument("--log-compression", choices=["snappy", "zstd", "none"], default="snappy",
+                    help="the logging server's Parquet codec (spec.logging.compression)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     seconds, warmup = (3.0, 1.0) if args.quick else (args.duration, 2.0)
-    results = run(seconds, warmup, args.rounds, with_mlserver=not args.no_mlserver, only_logging=args.only_logging)
+    results = run(seconds, warmup, args.rounds, with_mlserver=not args.no_mlserver, only_logging=args.only_logging,
+                  drawn=args.payload == "drawn", log_compression=args.log_compression)
+    results["setup"]["rows"] = args.payload
+    results["setup"]["log_compression"] = args.log_compression
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["ratios"], indent=2))
