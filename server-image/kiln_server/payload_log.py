@@ -2,8 +2,8 @@
 
 With --payload-log-uri (the operator sets it from a Kiln Deployment's spec.logging), a sampled share of the
 successful inference requests, REST and gRPC alike, are recorded. Each object is one Parquet file (Snappy,
-a row group per chunk of CHUNK_RECORDS records) with one row per input row of a request — the table a data
-scientist wants back:
+or the codec --payload-log-compression names; a row group per chunk of CHUNK_RECORDS records) with one row
+per input row of a request — the table a data scientist wants back:
 
     time              timestamp[us, UTC]  when the answer was ready
     id                string              the request id (V2 body `id`, else `x-request-id` / gRPC metadata,
