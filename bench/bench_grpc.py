@@ -212,8 +212,7 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
             requests = [rows] + ([X[rng.integers(0, len(X), len(rows))].tolist() for _ in range(DRAWN_BODIES - 1)]
                                  if drawn else [])
             rest_bodies[case] = work / f"{case}.json"
-            rest_bodies[case].write_bytes(b"\n".join(bs.payload(r) for r in requests) if drawn else
-                                          bs.payload(rows))
+            rest_bodies[case].write_bytes(b"\n".join(bs.payload(r) for r in requests))
             grpc_bodies[case] = work / f"{case}.pb"
             grpc_bodies[case].write_bytes(_framed([grpc_request(r) for r in requests]))
         lua = work / "post.lua"
@@ -437,7 +436,9 @@ def main() -> int:
     ap.add_argument("--only-logging", action="store_true", help="kiln with and without logging at c=8 only")
     ap.add_argument("--payload", choices=["repeated", "drawn"], default="repeated",
                     help="the same rows in every request, or rows drawn at random from the dataset")
-    ap.add_argument("--log-compression", choices=["snappy", "zstd", "none"], default="snappy",
+    from kiln_server.config import PAYLOAD_LOG_CODECS
+
+    ap.add_argument("--log-compression", choices=PAYLOAD_LOG_CODECS, default="snappy",
                     help="the logging server's Parquet codec (spec.logging.compression)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
