@@ -13,11 +13,9 @@ routes of the served model are matched by one dict lookup.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import time
-import uuid
 from importlib import metadata
 
 import numpy as np
@@ -59,6 +57,7 @@ class App:
         self.server_version = _version()
         self.limits = Limits(max_elements=cfg.max_elements, max_string_length=cfg.max_string_length)
         self.payload_log = None  # kiln_server.payload_log.PayloadLog when --payload-log-uri is set
+        self.payload_record = None  # its record(): what a handler calls, one C call (kiln_server._payload_chunks)
         self.grpc = None  # the gRPC server (kiln_server.grpc_server) when --grpc-port is set
         if runtime is not None:
             self._attach(runtime)
@@ -98,22 +97,28 @@ class App:
             from kiln_server.payload_log import PayloadLog
 
             self.payload_log = PayloadLog.from_config(self.cfg, self.schema, self.metrics)
+            self.payload_record = self.payload_log.record
         if self.cfg.grpc_port and self.grpc is None:
             from kiln_server import grpc_server
 
             self.grpc = await grpc_server.start(self)
         self.ready = True
         self._task = None
-        if self.metrics.multiproc_dir:
-            self._task = asyncio.get_running_loop().create_task(self._snapshots())
+        if self.metrics.multiproc_dir or self.payload_log is not None:
+            self._task = asyncio.get_running_loop().create_task(self._every_second())
 
-    async def _snapshots(self) -> None:
+    async def _every_second(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            try:
-                self.metrics.write_snapshot()
-            except OSError as exc:
-                log.warning("cannot write feature snapshot: %s", exc)
+            if self.payload_log is not None:
+                # records the store dropped (C counts them) into the Prometheus counter, here and not in the
+                # writer thread: that one may hang in an upload for as long as S3 does
+                self.payload_log.sync_dropped()
+            if self.metrics.multiproc_dir:
+                try:
+                    self.metrics.write_snapshot()
+                except OSError as exc:
+                    log.warning("cannot write feature snapshot: %s", exc)
 
     async def _shutdown(self) -> None:
         self.ready = False
@@ -123,6 +128,7 @@ class App:
             await self.grpc.stop(self.cfg.graceful_timeout_s)  # in-flight calls finish; new ones are refused
             self.grpc = None
         if self.payload_log is not None:
+            self.payload_record = None
             self.payload_log.close()  # what is queued is written, within a few seconds
             self.payload_log = None
         if self.runtime is not None:
@@ -287,9 +293,12 @@ class App:
                 else:
                     payload = v1_response(label)
                 status = 200
-                if self.payload_log is not None:
-                    self.payload_log.offer("rest-v2" if v2 else "rest-v1", _request_id(batch.id, scope), batch.x,
-                                           batch.n, label, probs, time.perf_counter() - t0)
+                record = self.payload_record
+                if record is not None:  # protocol: an index of payload_log.PROTOCOLS
+                    protocol = 0 if v2 else 1
+                    if record(protocol, batch.id, scope["headers"], batch.x, batch.n, label, probs, t0):
+                        self.payload_log.refit(protocol, batch.id, scope["headers"], batch.x, batch.n, label, probs,
+                                               t0)
             except ClientError as exc:
                 status, payload = exc.status, dumps({"error": exc.message})
                 close = exc.status == 413 and getattr(exc, "close", False)
@@ -380,26 +389,6 @@ class App:
 
 
 _BASE_HEADERS = [(b"content-type", JSON)]
-
-
-_ID_PREFIX = uuid.uuid4().hex[:12]
-_ID_SEQ = itertools.count(1)
-
-
-def new_request_id() -> str:
-    """A request id unique across processes: a random prefix per process and a counter (a uuid4 per request
-    would read the kernel's random pool on the request's path)."""
-    return f"{_ID_PREFIX}-{next(_ID_SEQ)}"
-
-
-def _request_id(rid: str | None, scope) -> str:
-    """The id a payload-log record carries: the V2 body's `id`, else the x-request-id header, else a new one."""
-    if rid:
-        return rid
-    for key, value in scope["headers"]:
-        if key == b"x-request-id":
-            return value.decode("latin-1")[:256]
-    return new_request_id()
 
 
 async def respond(send, status: int, body: bytes, ctype: bytes = JSON, extra=(), close: bool = False) -> None:

@@ -260,9 +260,11 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 label, probs = await app.predict(batch, batcher)
                 answer = response(app.name, app.version, batch.id, app.schema, label, probs, batch.outputs, raw)
                 status = 200
-                if app.payload_log is not None:
-                    app.payload_log.offer("grpc", batch.id or _metadata_id(context), batch.x, batch.n, label, probs,
-                                          time.perf_counter() - t0)
+                record = app.payload_record
+                if record is not None:  # 2: "grpc" in payload_log.PROTOCOLS; metadata may name the request
+                    metadata = context.invocation_metadata()
+                    if record(2, batch.id, metadata, batch.x, batch.n, label, probs, t0):
+                        app.payload_log.refit(2, batch.id, metadata, batch.x, batch.n, label, probs, t0)
             except ClientError as exc:
                 status = exc.status
                 message = exc.message
@@ -278,15 +280,6 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             metrics.in_flight.dec()
             metrics.request(status, time.perf_counter() - t0)
-
-
-def _metadata_id(context) -> str:
-    from kiln_server.app import new_request_id
-
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id":
-            return str(value)[:256]
-    return new_request_id()
 
 
 class GrpcServer:

@@ -2,12 +2,13 @@
 
 With --payload-log-uri (the operator sets it from a Kiln Deployment's spec.logging), a sampled share of the
 successful inference requests, REST and gRPC alike, are recorded. Each object is one Parquet file (Snappy,
-or the codec --payload-log-compression names; a row group per chunk of CHUNK_RECORDS records) with one row
-per input row of a request — the table a data scientist wants back:
+or the codec --payload-log-compression names; a row group per chunk of at most CHUNK_VALUES input values)
+with one row per input row of a request — the table a data scientist wants back:
 
     time              timestamp[us, UTC]  when the answer was ready
     id                string              the request id (V2 body `id`, else `x-request-id` / gRPC metadata,
-                                          else a new one); a request of n rows gives n rows with one id
+                                          else <a prefix per process>-<n>), at most 256 bytes of UTF-8; a
+                                          request of n rows gives n rows with one id
     row               int32               the row's index within its request (0..n-1)
     protocol          string              rest-v2 | rest-v1 | grpc
     latency_ms        float64             the request's time in the server
@@ -28,13 +29,14 @@ is taken from serving. Formatting every float as text cost ~30 ns a value (a 64-
 ~60 µs, a fifth of the request); columns of a whole batch go to Parquet as contiguous arrays (a few ns a
 value, bench/README.md "gRPC and payload logging").
 
-The request handler only appends the record's references (the decoded arrays, the answer) to a deque:
-no serialisation, no I/O; one uncontended lock (REST and gRPC run on two threads). One daemon thread
-per worker process encodes and uploads every --payload-log-flush-s seconds, or sooner once
---payload-log-batch records or BATCH_VALUES input values wait. Memory is bounded: at most
---payload-log-queue records and MAX_QUEUED_VALUES input values wait; past either, a record is dropped and
-counted (kiln_payload_log_records_total{outcome="dropped"}), so a slow or stopped S3 costs records, never a
-request's time. An upload that fails (after the client's short retries) is counted as `failed`.
+The request handler makes one call, PayloadLog.record (kiln_server._payload_chunks, in C: why, in its
+comment and docs/design-decisions.md): sampling, the clocks, the id and a copy of the record's numbers into a
+chunk; no I/O, and nothing of the request kept. One daemon thread per worker process encodes and uploads
+every --payload-log-flush-s seconds, or sooner once --payload-log-batch records or BATCH_VALUES input values
+wait. Memory is bounded: at most --payload-log-queue records and MAX_QUEUED_VALUES input values wait; past
+either, a record is dropped and counted (kiln_payload_log_records_total{outcome="dropped"}, synced from the
+store every second by the server's loop), so a slow or stopped S3 costs records, never a request's time. An
+upload that fails (after the client's short retries) is counted as `failed`.
 
 Credentials: the logger's own S3 client uses KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID / _SECRET_ACCESS_KEY when
 set (the operator gives serving pods a writable credential under those names only when logging is on; the
@@ -43,7 +45,6 @@ pod's AWS_* credentials stay read-only for artifacts), else the process's AWS_* 
 
 from __future__ import annotations
 
-import collections
 import io
 import json
 import logging
@@ -52,6 +53,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 
 import numpy as np
@@ -64,8 +66,8 @@ log = logging.getLogger("kiln_server.payload_log")
 # Each object costs the writer ~3 ms however small it is (Parquet's per-file work, the PUT): objects of
 # millions of values keep that below 2 µs a 64-row request (bench/README.md "gRPC and payload logging").
 BATCH_VALUES = 2 << 20  # an object is written once this many input values wait (16 MiB of float64)
-CHUNK_RECORDS = 1000  # records per row group
-CHUNK_VALUES = 1 << 19  # input values per row group (4 MiB of float64)
+CHUNK_RECORDS_MAX = 1 << 16  # records per chunk (a row group) at most; --payload-log-batch when smaller
+CHUNK_VALUES = 1 << 19  # input values per chunk (4 MiB of float64); smaller costs the writer more per request
 MAX_QUEUED_VALUES = 6 << 20  # input values held at most while waiting (48 MiB of float64); more are dropped
 WARN_EVERY_S = 60.0
 CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -89,6 +91,24 @@ def _client():
     return boto3.session.Session().client("s3", config=config, **storage.s3_settings(), **creds)
 
 
+# a record's scalars in a chunk (the C struct Record)
+RECORD = np.dtype([("time", "<f8"), ("seconds", "<f8"), ("seq", "<i8"), ("nrows", "<i4"), ("protocol", "u1"),
+                   ("has_id", "u1"), ("pad", "V2")])
+PROTOCOLS = ("rest-v2", "rest-v1", "grpc")  # a record's protocol, stored as its index here
+_PROTOCOL_CODE = {p: i for i, p in enumerate(PROTOCOLS)}
+
+
+def _chunks():
+    """The record store (C): without it a record costs the request several per cent at 100 % sampling."""
+    try:
+        from kiln_server import _payload_chunks
+    except ImportError as exc:
+        raise RuntimeError("payload logging needs kiln_server._payload_chunks, the compiled part of the server: "
+                           "install Kiln with a C compiler present (pip install -e . builds it; the server "
+                           f"image does) ({exc})") from None
+    return _payload_chunks
+
+
 class PayloadLog:
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
                  classes: list | None = None, sample_rate: float = 1.0, queue_max: int = 20000,
@@ -97,6 +117,7 @@ class PayloadLog:
         import pyarrow
         import pyarrow.parquet
 
+        self.native = _chunks()
         self.pa, self.pq = pyarrow, pyarrow.parquet
         self.loc = storage.parse_s3(uri.rstrip("/") + "/")
         self.model, self.version = model, version
@@ -105,30 +126,47 @@ class PayloadLog:
         self.sample_rate = sample_rate
         self.queue_max = queue_max
         self.batch = batch
+        # rows an object (and a wake-up) holds at most: BATCH_VALUES input values
+        self.batch_rows = max(1, BATCH_VALUES // max(1, len(names)))
         self.flush_s = flush_s
         # Snappy by default: where values do not repeat it costs little more than none; where they do it costs the
         # writer 2-3x the rest of encoding for about half the size (bench/bench_payload_encode.py).
         if compression not in PAYLOAD_LOG_CODECS:
             raise ValueError(f"payload-log compression {compression!r} is not one of {', '.join(PAYLOAD_LOG_CODECS)}")
         self.compression = compression
-        self.queue: collections.deque = collections.deque()
-        # input values queued = added - removed; each counter has one writer (the loop; the writer thread)
-        self.added = 0
-        self.removed = 0
-        self.lock = threading.Lock()
         self.wake = threading.Event()
+        features = max(1, len(names))
+        chunk_rows = max(1, min(CHUNK_VALUES, BATCH_VALUES) // features)  # an object holds whole chunks
+        # The record store (C). The first record sets its layout (the model's dtypes); a later one that differs is
+        # converted (refit) or dropped. Sampling, ids, times and the drop count all happen in its offer().
+        self.store = self.native.Store(
+            chunk_rows=chunk_rows, chunk_records=max(1, min(batch, CHUNK_RECORDS_MAX)),
+            max_chunks=max(1, MAX_QUEUED_VALUES // (chunk_rows * features)), max_records=queue_max,
+            wake_records=batch, wake_rows=self.batch_rows, sample_rate=sample_rate, wake=self.wake.set,
+            seed=random.getrandbits(64), pool=2 * -(-BATCH_VALUES // (chunk_rows * features)) + 1)
+        # pool: empty chunks kept for reuse: an object's worth that the writer gives back while the next fills,
+        # and the one being filled. Fewer, and requests fault in fresh pages of memory (~1 us a page here).
+        # What a request's handler calls, once per answered request (kiln_server.app, kiln_server.grpc_server):
+        #   record(protocol, id, headers, x, n, label, probs, t0) -> 0, or FIT: then refit(...) with the same
+        # protocol: an index of PROTOCOLS; id: the body's or None; headers: ASGI headers or gRPC metadata (an
+        # x-request-id there names the record when the body did not); t0: time.perf_counter() at the start.
+        self.record = self.store.offer
+        self.id_prefix = uuid.uuid4().hex[:12]  # a record without an id is named <prefix>-<seq>
+        self._scratch: list = []  # the writer's column buffers, reused chunk after chunk (Chunk.columns)
         self.closed = False
         self.client_factory = client_factory
         self.client = None
         self.seq = 0
         self.host = socket.gethostname().split(".")[0][:63] or "host"
         self.pid = os.getpid()
-        self.counts = {"written": 0, "dropped": 0, "failed": 0}
+        self._counts = {"written": 0, "dropped": 0, "failed": 0}
+        self._refit_dropped = 0
+        self._reported_dropped = 0
         self._last_warn = 0.0
         self._metric = None
         if metrics is not None:
             c = metrics.payload_records
-            self._metric = {o: c.labels(model, version, o) for o in self.counts}
+            self._metric = {o: c.labels(model, version, o) for o in self._counts}
         self._file_meta = {"kiln.model": model, "kiln.version": version, "kiln.features": json.dumps(names)}
         self.thread = threading.Thread(target=self._run, name="kiln-payload-log", daemon=True)
         self.thread.start()
@@ -141,23 +179,63 @@ class PayloadLog:
                    batch=cfg.payload_log_batch, flush_s=cfg.payload_log_flush_s,
                    compression=cfg.payload_log_compression)
 
-    # -- the request's side: O(1), no I/O ---------------------------------------------------------------
-    def offer(self, protocol: str, rid: str, x, n: int, label, probs, seconds: float) -> None:
-        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
-            return
-        size = n * len(self.names)
-        with self.lock:  # REST's loop and gRPC's thread both offer; uncontended, it costs ~0.1 µs
-            if len(self.queue) >= self.queue_max or self.added - self.removed + size > MAX_QUEUED_VALUES or \
-                    self.closed:
-                self._count("dropped", 1)
+    # -- the request's side -------------------------------------------------------------------------------
+    def offer(self, protocol: str, rid: str | None, x, n: int, label, probs, seconds: float, headers=None) -> None:
+        """record() for callers that hold a protocol's name and the request's time (tests, tools)."""
+        code = PROTOCOLS.index(protocol)
+        t0 = time.perf_counter() - seconds
+        if self.record(code, rid, headers, x, n, label, probs, t0):
+            self.refit(code, rid, headers, x, n, label, probs, t0)
+
+    def refit(self, protocol: int, rid, headers, x, n: int, label, probs, t0: float) -> None:
+        """A record whose arrays differ from the layout (another dtype, not contiguous): converted when numpy can do
+        that within the kind (float64 into a float32 model's columns), else dropped and counted."""
+        layout, x_parts = self.store.layout, self.store.x_parts
+        try:
+            if isinstance(x, list | tuple):
+                if len(x) != x_parts:
+                    raise ValueError(f"x has {len(x)} columns, the log {x_parts}")
+                x = [_fit(c, part) for c, part in zip(x, layout, strict=False)]
+            else:
+                x = _fit(x, layout[0])
+            label = _fit(label, layout[x_parts])
+            if probs is not None and len(layout) > x_parts + 1:
+                probs = _fit(probs, layout[x_parts + 1])
+            if not self.record(protocol, rid, headers, x, n, label, probs, t0):
                 return
-            self.added += size
-            self.queue.append((time.time(), protocol, rid, x, n, label, probs, seconds, size))
-        if (len(self.queue) >= self.batch or self.added - self.removed >= BATCH_VALUES) and not self.wake.is_set():
-            self.wake.set()
+            reason = "its arrays do not fit the log's columns"
+        except (TypeError, ValueError) as exc:
+            reason = str(exc)
+        self._refit_dropped += 1
+        self._warn(f"payload log: a record was dropped: {reason} (the first record set them: {layout})")
+
+    @property
+    def counts(self) -> dict:
+        """Records written, dropped (the store's bound, or not fitting) and failed (the upload), so far."""
+        self.sync_dropped()
+        return dict(self._counts)
+
+    def sync_dropped(self) -> None:
+        """The store's count of dropped records into counts and the metric. The server's loop calls it every second
+        (kiln_server.app), and close() once more: one caller at a time."""
+        total = self.store.dropped + self._refit_dropped
+        if total != self._reported_dropped:
+            self._count("dropped", total - self._reported_dropped)
+            self._reported_dropped = total
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn >= WARN_EVERY_S:
+            self._last_warn = now
+            log.warning("%s", message)
+
+    @property
+    def waiting(self) -> int:
+        """Records offered and not yet taken by the writer."""
+        return self.store.waiting[0]
 
     def _count(self, outcome: str, n: int) -> None:
-        self.counts[outcome] += n
+        self._counts[outcome] += n
         if self._metric is not None:
             self._metric[outcome].inc(n)
 
@@ -167,41 +245,29 @@ class PayloadLog:
             self.wake.wait(self.flush_s)
             self.wake.clear()
             closing = self.closed
-            while self.queue:
-                self._write(self._take())
-                if not closing and len(self.queue) < self.batch and self.added - self.removed < BATCH_VALUES:
+            store = self.store
+            while True:
+                chunks = store.take(self.batch, self.batch_rows)
+                if not chunks:
+                    break
+                self._write(chunks)
+                for chunk in chunks:
+                    store.recycle(chunk)
+                records, rows, _ = store.waiting
+                if not closing and records < self.batch and rows < self.batch_rows:
                     break  # wait for the next tick: a batch per tick keeps objects few and large
             if closing:
                 return
 
-    def _take(self) -> list:
-        out = []
-        q = self.queue
-        values = 0
-        while q and len(out) < self.batch and values < BATCH_VALUES:
-            r = q.popleft()
-            values += r[8]
-            out.append(r)
-        self.removed += values
-        return out
+    def encode(self, chunks: list) -> bytes:
+        """One Parquet file of the chunks, one row per input row, a row group per chunk.
 
-    def encode(self, records: list) -> bytes:
-        """One Parquet file of the records, one row per input row, a row group per chunk of records.
-
-        Per record only its scalars are touched in Python (one transposition of a chunk by zip); inputs and
-        outputs of a chunk are concatenated by numpy and handed to Arrow as contiguous columns. Chunks keep
-        each C call short — the writer holds the GIL through it, and a request waits for the GIL — and a
-        chunk's transposition within the cache."""
+        Chunk.columns gives each part's values column by column, as Arrow takes them, and the records' scalars
+        are arrays: per record nothing is touched in Python."""
         sink = io.BytesIO()
         writer = None
-        dtype = _batch_dtype([r[3] for r in records])
-        start = 0
-        while start < len(records):
-            end, values = start, 0
-            while end < len(records) and end - start < CHUNK_RECORDS and values < CHUNK_VALUES:
-                values += records[end][8]
-                end += 1
-            table = self._table(records[start:end], dtype)
+        for chunk in chunks:
+            table = self._table(chunk)
             if writer is None:
                 # Statistics on time only: the one column a reader filters by; the rest would be CPU for nothing.
                 dictionary = ["id", "protocol", "model", "version"] + [
@@ -211,17 +277,16 @@ class PayloadLog:
             elif table.schema != writer.schema:
                 table = table.cast(writer.schema)  # e.g. an int label column where an earlier chunk had float
             writer.write_table(table)
-            start = end
         if writer is not None:
             writer.close()
         return sink.getvalue()
 
-    def _table(self, records: list, dtype):
+    def _table(self, chunk):
         pa = self.pa
-        times, protocols, ids, xs, ns, labels, probs, seconds, _ = zip(*records, strict=True)
-        counts = np.fromiter(ns, dtype=np.int64, count=len(ns))
-        total = int(counts.sum())
-        owner = np.repeat(np.arange(len(records), dtype=np.int32), counts)  # row → its record
+        records, total = chunk.records, chunk.rows
+        scalars = np.frombuffer(chunk.scalars, RECORD, records)
+        counts = scalars["nrows"]
+        owner = np.repeat(np.arange(records, dtype=np.int32), counts)  # row → its record
         starts = np.cumsum(counts) - counts
         fields, arrays = [], []
 
@@ -229,40 +294,51 @@ class PayloadLog:
             fields.append(pa.field(name, array.type, nullable=nullable))
             arrays.append(array)
 
-        stamp = (np.fromiter(times, dtype=np.float64, count=len(times)) * 1e6).astype(np.int64)
+        stamp = (scalars["time"] * 1e6).astype(np.int64)
         add("time", pa.array(stamp[owner], pa.timestamp("us", tz="UTC")))
-        add("id", pa.DictionaryArray.from_arrays(owner, pa.array(ids, pa.string())))
+        add("id", pa.DictionaryArray.from_arrays(owner, self._ids(chunk, scalars)))
         add("row", pa.array((np.arange(total, dtype=np.int64) - np.repeat(starts, counts)).astype(np.int32)))
-        kinds = sorted(set(protocols))
-        kind_index = {k: i for i, k in enumerate(kinds)}
-        per_record = np.fromiter(map(kind_index.__getitem__, protocols), dtype=np.int32, count=len(protocols))
-        add("protocol", pa.DictionaryArray.from_arrays(per_record[owner], pa.array(kinds, pa.string())))
-        add("latency_ms", pa.array(np.fromiter(seconds, dtype=np.float64, count=len(seconds))[owner] * 1000))
+        protocol = scalars["protocol"].astype(np.int32)
+        kinds = sorted(set(protocol.tolist()))
+        index = np.zeros(len(PROTOCOLS), dtype=np.int32)
+        index[kinds] = np.arange(len(kinds), dtype=np.int32)
+        add("protocol", pa.DictionaryArray.from_arrays(index[protocol][owner],
+                                                      pa.array([PROTOCOLS[k] for k in kinds], pa.string())))
+        add("latency_ms", pa.array(scalars["seconds"][owner] * 1000))
+        del scalars  # a view of the chunk: the store refills a chunk only when none is left
         zeros = np.zeros(total, dtype=np.int32)
         add("model", pa.DictionaryArray.from_arrays(zeros, pa.array([self.model], pa.string())))
         add("version", pa.DictionaryArray.from_arrays(zeros, pa.array([self.version], pa.string())))
+        layout, x_parts = self.store.layout, self.store.x_parts
+        parts = [_columns(data, part, total) for data, part in zip(chunk.columns(self._scratch), layout, strict=True)]
+        inputs = [column for part in parts[:x_parts] for column in part]
+        rest = parts[x_parts:]
         # Nullability by type alone, so every chunk of a file has one schema: NaN is a number, not a null.
-        for name, column in zip(self.names, self._input_columns(xs, total, dtype), strict=True):
+        for name, column in zip(self.names, inputs, strict=True):
             add("input:" + name, _arrow(pa, column), nullable=not _numeric(column))
-        label = np.concatenate(labels)
+        label = rest[0][0]
         add("output:label", _arrow(pa, label), nullable=not _numeric(label))
-        if type(None) not in set(map(type, probs)):
-            columns = np.ascontiguousarray(np.concatenate(probs, axis=0).T)
+        if len(rest) > 1:
+            columns = rest[1]
             classes = self.classes if self.classes and len(self.classes) == len(columns) else \
                 [str(k) for k in range(len(columns))]
             for cls, col in zip(classes, columns, strict=True):
                 add("output:probability:" + cls, pa.array(col))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=self._file_meta))
 
-    def _input_columns(self, xs, total: int, dtype) -> list:
-        """The batch's inputs as one array per feature. A matrix batch (all-numeric models) is transposed
-        request by request (each small enough for the cache) — a transposition of the concatenation would
-        stride through megabytes per column."""
-        if dtype is not None:
-            out = np.empty((len(self.names), total), dtype=dtype)  # C order
-            return list(np.concatenate([x.T for x in xs], axis=1, out=out))
-        return [np.concatenate([x[:, j] if isinstance(x, np.ndarray) else np.asarray(x[j]) for x in xs])
-                for j in range(len(self.names))]
+    def _ids(self, chunk, scalars):
+        """The records' ids: the store's UTF-8 as Arrow strings, and <prefix>-<seq> for a record that had none."""
+        pa, records = self.pa, len(scalars)
+        offsets = np.frombuffer(chunk.id_offsets, np.int32, records + 1).copy()
+        data = bytes(memoryview(chunk.id_bytes)[:int(offsets[-1])])
+        ids = pa.StringArray.from_buffers(records, pa.py_buffer(offsets), pa.py_buffer(data))
+        missing = scalars["has_id"] == 0
+        if not missing.any():
+            return ids
+        import pyarrow.compute as pc
+
+        named = pc.binary_join_element_wise(self.id_prefix, pc.cast(pa.array(scalars["seq"]), pa.string()), "-")
+        return pc.if_else(pa.array(missing), named, ids)
 
     def key(self, t: float) -> str:
         self.seq += 1
@@ -271,42 +347,52 @@ class PayloadLog:
         return (f"{base + '/' if base else ''}v{self.version}/{now:%Y/%m/%d/%H}/"
                 f"{now:%Y%m%dT%H%M%S}-{self.host}-{self.pid}-{self.seq:06d}.parquet")
 
-    def _write(self, records: list) -> None:
+    def _write(self, chunks: list) -> None:
+        records = sum(c.records for c in chunks)
         if not records:
             return
         try:
-            body = self.encode(records)
+            body = self.encode(chunks)
             if self.client is None:
                 self.client = self.client_factory()
-            self.client.put_object(Bucket=self.loc.bucket, Key=self.key(records[0][0]), Body=body,
+            first = float(np.frombuffer(chunks[0].scalars, RECORD, 1)["time"][0])  # a copy: no view stays
+            self.client.put_object(Bucket=self.loc.bucket, Key=self.key(first), Body=body,
                                    ContentType=CONTENT_TYPE)
         except Exception as exc:  # noqa: BLE001 - counted and logged; serving goes on
-            self._count("failed", len(records))
-            now = time.monotonic()
-            if now - self._last_warn >= WARN_EVERY_S:
-                self._last_warn = now
-                log.warning("payload log: cannot write %d records to s3://%s/%s: %s", len(records),
-                            self.loc.bucket, self.loc.key, exc)
+            self._count("failed", records)
+            self._warn(f"payload log: cannot write {records} records to s3://{self.loc.bucket}/{self.loc.key}: {exc}")
             return
-        self._count("written", len(records))
+        self._count("written", records)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (within `timeout`), then stop the thread."""
         self.closed = True
+        self.store.close()
         self.wake.set()
         self.thread.join(timeout)
+        self.sync_dropped()
 
 
-def _dtype(x: np.ndarray) -> np.dtype:
-    return x.dtype
+def _dtype(part) -> np.dtype:
+    kind, _, itemsize, _ = part
+    return np.dtype(f"{kind}{itemsize}") if kind != "b" else np.dtype(np.bool_)
 
 
-def _batch_dtype(xs: list):
-    """The one dtype of a batch's input matrices (all-numeric models; float32 and float64 requests mix), or
-    None when inputs come as one array per feature (models with categorical inputs)."""
-    if set(map(type, xs)) != {np.ndarray}:
-        return None
-    return np.result_type(*set(map(_dtype, xs)))
+def _columns(data, part, total: int) -> list:
+    """A part of a chunk as columns: from Chunk.columns' bytearray (width columns of `total` values), or the kept
+    arrays joined."""
+    kind, width, _, _ = part
+    if kind != "O":
+        return list(np.frombuffer(data, _dtype(part), width * total).reshape(width, total))  # data may be longer
+    joined = np.concatenate([np.asarray(a) for a in data]) if data else np.empty(0, dtype=object)
+    return [joined] if joined.ndim == 1 else list(joined.T)
+
+
+def _fit(a, part):
+    """a as the part's dtype and C order, when numpy can cast it within the kind; else TypeError."""
+    if part[0] == "O":
+        return a
+    return np.ascontiguousarray(np.asarray(a).astype(_dtype(part), casting="same_kind", copy=False))
 
 
 def _numeric(column: np.ndarray) -> bool:

@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -67,7 +68,7 @@ def test_records_are_written_in_batches_and_read_back():
     assert first["output:label"] == "yes" and second["output:label"] == "no"
     assert first["output:probability:yes"] == 0.8 and second["output:probability:no"] == 0.6
     assert first["model"] == "m" and first["version"] == "3" and first["protocol"] == "grpc"
-    assert first["latency_ms"] == pytest.approx(1.0) and first["time"].tzinfo is not None
+    assert first["latency_ms"] == pytest.approx(1.0, abs=0.5) and first["time"].tzinfo is not None
     assert plog.counts == {"written": 7, "dropped": 0, "failed": 0}
 
 
@@ -87,41 +88,81 @@ def test_categorical_columns_keep_their_types_and_missing_values():
     assert not any(k.startswith("output:probability") for k in rows[0])
 
 
+def _offered(plog: PayloadLog, records: list) -> list:
+    """The store's chunks after offering records (protocol, id, x, n, label, probs, seconds); the writer thread
+    sleeps meanwhile (flush_s is long), so the chunks are taken here."""
+    for protocol, rid, x, n, label, probs, seconds in records:
+        plog.offer(protocol, rid, x, n, label, probs, seconds)
+    return plog.store.take(1 << 30, 1 << 30)
+
+
 def test_one_batch_encodes_what_one_record_at_a_time_encodes():
-    """The batch's row bookkeeping (which record a row belongs to, its index in it) against the plain case."""
-    plog = _log(FakeS3())
+    """The chunk's row bookkeeping (which record a row belongs to, its index in it) against the plain case."""
     rng = np.random.default_rng(0)
     records = []
     for i, n in enumerate((1, 3, 1, 2)):
-        x = rng.normal(size=(n, 2)).astype(np.float32 if i % 2 else np.float64)
-        records.append((1764490000.25 + i, ("rest-v2", "grpc")[i % 2], f'id "{i}"', x, n, rng.integers(0, 3, n),
-                        rng.random((n, 3)), 0.0012345 * (i + 1), 2 * n))
-    batch = pq.read_table(io.BytesIO(plog.encode(records))).to_pylist()
-    one_by_one = [row for r in records for row in pq.read_table(io.BytesIO(plog.encode([r]))).to_pylist()]
-    assert batch == one_by_one
+        x = rng.normal(size=(n, 2))
+        records.append((("rest-v2", "grpc")[i % 2], f'id "{i}"', x, n, rng.integers(0, 3, n), rng.random((n, 3)),
+                        0.0012345 * (i + 1)))
+    plog = _log(FakeS3(), flush_s=3600)
+    before = datetime.now(UTC)
+    batch = pq.read_table(io.BytesIO(plog.encode(_offered(plog, records)))).to_pylist()
+    after = datetime.now(UTC)
+    one_by_one = []
+    for r in records:
+        one = _log(FakeS3(), flush_s=3600)
+        one_by_one += pq.read_table(io.BytesIO(one.encode(_offered(one, [r])))).to_pylist()
+        one.close()
+    def same(rows):  # but for the times and latencies of the records, which the store measures
+        return [{k: v for k, v in r.items() if k not in ("time", "latency_ms")} for r in rows]
+
+    assert same(batch) == same(one_by_one)
     assert [r["row"] for r in batch] == [0, 0, 1, 2, 0, 0, 1]
     assert [r["protocol"] for r in batch] == ["rest-v2", "grpc", "grpc", "grpc", "rest-v2", "grpc", "grpc"]
-    assert batch[0]["time"].isoformat() == "2025-11-30T08:06:40.250000+00:00" and batch[0]["id"] == 'id "0"'
-    assert batch[3]["input:b"] == pytest.approx(float(records[1][3][2, 1]))
+    times = [r["time"] for r in batch]
+    assert before - timedelta(milliseconds=1) <= times[0] and times == sorted(times) and times[-1] <= after
+    assert times[1] == times[2] == times[3] and batch[0]["id"] == 'id "0"'  # one time per record
+    assert batch[3]["input:b"] == records[1][2][2, 1] and batch[6]["output:label"] == records[3][4][1]
+    assert batch[5]["output:probability:2"] == records[3][5][0, 2]
+    assert [r["latency_ms"] for r in batch] == pytest.approx([1.2345, 2.469, 2.469, 2.469, 3.7035, 4.938, 4.938],
+                                                             abs=0.5)
     assert sorted(k for k in batch[0] if k.startswith("output:probability:")) == [
         "output:probability:0", "output:probability:1", "output:probability:2"]  # no class names given
     plog.close()
 
 
 def test_row_groups_of_one_object_share_one_schema(monkeypatch):
-    """A batch is written a chunk (row group) at a time; requests of FP32 and FP64 in one batch still give one
-    double column, and the rows read back are the rows sent, in order."""
-    monkeypatch.setattr(payload_log, "CHUNK_RECORDS", 2)
-    plog = _log(FakeS3())
-    records = [(1764490000.0 + i, "grpc", f"r{i}", np.full((2, 2), i, dtype=np.float32 if i % 2 else np.float64), 2,
-                np.array([i, i]), np.array([[0.5, 0.5], [0.25, 0.75]]), 0.001, 4) for i in range(5)]
-    body = plog.encode(records)
+    """An object is written a chunk (row group) at a time; requests of FP64 and FP32 in one object still give one
+    double column (the first record's type: later ones are converted), and the rows read back are the rows sent,
+    in order."""
+    monkeypatch.setattr(payload_log, "CHUNK_RECORDS_MAX", 2)
+    plog = _log(FakeS3(), flush_s=3600)
+    records = [("grpc", f"r{i}", np.full((2, 2), i + 0.5, dtype=np.float32 if i % 2 else np.float64), 2,
+                np.array([i, i]), np.array([[0.5, 0.5], [0.25, 0.75]]), 0.001) for i in range(5)]
+    chunks = _offered(plog, records)
+    assert [c.records for c in chunks] == [2, 2, 1]
+    body = plog.encode(chunks)
     meta = pq.read_metadata(io.BytesIO(body))
     assert meta.num_row_groups == 3 and meta.num_rows == 10
     table = pq.read_table(io.BytesIO(body))
     assert str(table.schema.field("input:a").type) == "double"
-    assert table.column("input:a").to_pylist() == [float(i) for i in range(5) for _ in range(2)]
+    assert table.column("input:a").to_pylist() == [i + 0.5 for i in range(5) for _ in range(2)]
     assert table.column("id").to_pylist() == [f"r{i}" for i in range(5) for _ in range(2)]
+    assert plog.counts["dropped"] == 0
+    plog.close()
+
+
+def test_a_record_that_cannot_be_converted_is_dropped_and_counted():
+    """A float model's log refuses strings in its input matrix (and an int label column a float label) rather
+    than write a column of another type; the request is not affected and nothing half-written stays."""
+    plog = _log(FakeS3(), flush_s=3600)
+    plog.offer("grpc", "ok", np.zeros((1, 2)), 1, np.array([1]), None, 0.0)
+    plog.offer("grpc", "text", np.array([["a", "b"]]), 1, np.array([1]), None, 0.0)
+    plog.offer("grpc", "float label", np.zeros((1, 2)), 1, np.array([0.5]), None, 0.0)
+    plog.offer("grpc", "three columns", np.zeros((1, 3)), 1, np.array([1]), None, 0.0)
+    assert plog.counts["dropped"] == 3
+    (chunk,) = plog.store.take(100, 100)
+    assert chunk.records == 1 and bytes(chunk.id_bytes)[:np.frombuffer(chunk.id_offsets, np.int32)[1]] == b"ok"
     plog.close()
 
 
@@ -177,5 +218,5 @@ def test_failures_are_counted_and_sampling_applies():
     assert plog.counts == {"written": 0, "dropped": 0, "failed": 5}
     none = _log(FakeS3(), sample_rate=0.0)
     none.offer("grpc", "x", np.zeros((1, 2)), 1, np.array([1]), None, 0.0)
-    assert len(none.queue) == 0
+    assert none.waiting == 0
     none.close()
