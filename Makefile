@@ -11,8 +11,9 @@ export KUBECONFIG := $(CURDIR)/.kiln/kubeconfig
 	chart-sync chart-lint e2e e2e-node node-binaries node-images node-up node-down
 
 # Debian packages the project needs beyond a stock Python machine (the Kubernetes
-# build toolchain is installed by tests/cluster/build-binaries.sh on first use).
-SYSTEM_PACKAGES := openssl wrk
+# build toolchain is installed by tests/cluster/build-binaries.sh on first use). gcc and
+# python3-dev build the server's one C module (kiln_server._payload_chunks, payload logging).
+SYSTEM_PACKAGES := openssl wrk gcc python3-dev
 
 $(SYSTEM_STAMP):
 	@mkdir -p .kiln
@@ -26,10 +27,12 @@ $(SYSTEM_STAMP):
 
 system-deps: $(SYSTEM_STAMP)
 
-$(STAMP): pyproject.toml | $(SYSTEM_STAMP)
+$(STAMP): pyproject.toml setup.py server-image/kiln_server/_payload_chunks.c | $(SYSTEM_STAMP)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -c "import kiln_server._payload_chunks" || { echo "[kiln] kiln_server._payload_chunks did not build: \
+	payload logging needs gcc and python3-dev (make system-deps)"; exit 1; }
 	@touch $@
 
 binaries: $(STAMP)

@@ -31,7 +31,11 @@ def test_the_base_image_is_a_build_argument_defaulting_to_python_slim(name):
     lines = [line.strip() for line in DOCKERFILES[name].read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "ARG BASE=python:3.11-slim-bookworm"
-    assert lines[1] == "FROM ${BASE}"
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert froms[-1] == "FROM ${BASE}"  # the image's own stage; a build stage before it (the server's) is not shipped
+    assert images.has_build_stage(name) == (len(froms) > 1)
+    if len(froms) > 1:
+        assert froms[0] == "FROM ${BUILD_BASE} AS build" and "ARG BUILD_BASE=python:3.11-bookworm" in lines
 
 
 def test_the_server_extra_loads_every_algorithm_the_trainer_can_produce():
@@ -43,9 +47,12 @@ def test_the_server_extra_loads_every_algorithm_the_trainer_can_produce():
 
 
 def test_an_image_hash_follows_its_copied_files_and_base(tmp_path):
-    a = images.inputs_hash("server", "base:1")
-    assert a == images.inputs_hash("server", "base:1")
-    assert a != images.inputs_hash("server", "base:2")
+    a = images.inputs_hash("server", "base:1", "build:1")
+    assert a == images.inputs_hash("server", "base:1", "build:1")
+    assert a != images.inputs_hash("server", "base:2", "build:1")
+    assert a != images.inputs_hash("server", "base:1", "build:2")
+    # what a build stage copies from another stage is not in the build context
+    assert all(p.is_relative_to(REPO) for p in images.copied(DOCKERFILES["server"]))
     assert images.tag("server") == f"kiln/server:{images.version()}"
 
 

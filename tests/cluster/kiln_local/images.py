@@ -37,6 +37,9 @@ STORAGE = CACHE / "buildah"  # buildah's own storage (vfs), apart from any syste
 WHEELS = CACHE / "wheels"
 PAUSE = "kiln/pause:3.2"  # containerd's sandbox_image (kiln_local.realnode)
 BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates"]
+# The BUILD_BASE of server-image/Dockerfile's build stage (python:3.11-bookworm in production): a compiler and
+# Python's headers for kiln_server._payload_chunks. Only that stage runs on it; no image ships it.
+BUILD_PACKAGES = [*BASE_PACKAGES, "gcc", "libc6-dev", "python3-dev"]
 # pip in the builds installs from the wheelhouse alone (mounted at /wheels only while building): no build reaches
 # the network, and the three builds never fetch the same wheel twice.
 PIP_CONF = "[global]\nno-index = true\nfind-links = /wheels\n"
@@ -78,11 +81,16 @@ def _hash_paths(h, paths: list[Path]) -> None:
     for top in paths:
         files = sorted(p for p in top.rglob("*") if p.is_file() or p.is_symlink()) if top.is_dir() else [top]
         for f in files:
-            if "__pycache__" in f.parts or f.suffix == ".pyc":
+            if "__pycache__" in f.parts or f.suffix in (".pyc", ".so"):  # built here; images build their own
                 continue
             h.update(str(f.relative_to(REPO)).encode() + b"\0")
             h.update(os.readlink(f).encode() if f.is_symlink() else f.read_bytes())
             h.update(b"\0")
+
+
+def has_build_stage(name: str) -> bool:
+    """Whether the image's Dockerfile builds on a BUILD_BASE first (a stage with a compiler)."""
+    return any(line.startswith("ARG BUILD_BASE") for line in (REPO / IMAGES[name]).read_text().splitlines())
 
 
 def copied(dockerfile: Path) -> list[Path]:
@@ -90,14 +98,14 @@ def copied(dockerfile: Path) -> list[Path]:
     out = []
     for line in dockerfile.read_text().splitlines():
         parts = line.split()
-        if parts and parts[0].upper() == "COPY":
+        if parts and parts[0].upper() == "COPY" and not any(s.startswith("--from=") for s in parts):
             out += [REPO / s for s in parts[1:-1] if not s.startswith("--")]
     return out
 
 
-def inputs_hash(name: str, base: str) -> str:
+def inputs_hash(name: str, base: str, build_base: str = "") -> str:
     dockerfile = REPO / IMAGES[name]
-    h = hashlib.sha256(base.encode() + b"\0")
+    h = hashlib.sha256(base.encode() + b"\0" + (build_base.encode() + b"\0" if build_base else b""))
     _hash_paths(h, [dockerfile, *copied(dockerfile)])
     return h.hexdigest()[:16]
 
@@ -123,20 +131,21 @@ def _mirror() -> str:
     raise RuntimeError("no Debian bookworm archive in /etc/apt/sources.list{,.d}: debootstrap needs one")
 
 
-def base_image() -> str:
-    """localhost/kiln/base:<hash>: debootstrap minbase bookworm + python3 and a venv at /usr/local."""
-    recipe = json.dumps({"packages": BASE_PACKAGES, "venv": "/usr/local", "pip.conf": PIP_CONF, "v": 3})
-    name = f"localhost/kiln/base:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+def base_image(packages: list[str] = BASE_PACKAGES, kind: str = "base") -> str:
+    """localhost/kiln/<kind>:<hash>: debootstrap minbase bookworm + python3 (and `packages`) and a venv at
+    /usr/local."""
+    recipe = json.dumps({"packages": packages, "venv": "/usr/local", "pip.conf": PIP_CONF, "v": 3})
+    name = f"localhost/kiln/{kind}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
     if buildah("inspect", "--type", "image", name, check=False).returncode == 0:
         return name
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    say(f"base image {name}: debootstrap --variant=minbase bookworm + {' '.join(BASE_PACKAGES)} (about 2 minutes)")
+    say(f"{kind} image {name}: debootstrap --variant=minbase bookworm + {' '.join(packages)} (about 2 minutes)")
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         root = Path(tmp) / "rootfs"
         log = WORK / "debootstrap.log"
         with open(log, "w") as out:
-            proc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+            proc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
                                    "bookworm", str(root), _mirror()], stdout=out, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             raise RuntimeError(f"debootstrap failed ({proc.returncode}); read {log}")
@@ -155,7 +164,7 @@ def base_image() -> str:
         buildah("bud", "--isolation", "chroot", "--layers=false", "-t", name, "-f",
                 str(Path(tmp) / "Containerfile"), str(tmp))
         subprocess.run(["rm", "-rf", str(root)], check=False)
-    say(f"base image built in {time.monotonic() - t0:.0f}s")
+    say(f"{kind} image built in {time.monotonic() - t0:.0f}s")
     return name
 
 
@@ -207,10 +216,11 @@ def _requirements() -> list[str]:
     return [r.split("#")[0].strip() for r in out]
 
 
-def build(name: str, base: str) -> tuple[str, bool]:
-    """Build one image unless its inputs are unchanged; (tag, built)."""
+def build(name: str, base: str, build_base: str = "") -> tuple[str, bool]:
+    """Build one image unless its inputs are unchanged; (tag, built). build_base: the BUILD_BASE of a
+    Dockerfile with a build stage (the server's)."""
     image = tag(name)
-    digest = inputs_hash(name, base)
+    digest = inputs_hash(name, base, build_base)
     label = label_of(image)
     if label == digest or (label and os.environ.get("KILN_REUSE_IMAGES")):
         return image, False  # KILN_REUSE_IMAGES=1: whatever changed since (only to iterate on the tests)
@@ -219,7 +229,8 @@ def build(name: str, base: str) -> tuple[str, bool]:
     log = WORK / f"build-{name}.log"
     WORK.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        proc = buildah("bud", "--isolation", "chroot", "--layers=false", "--build-arg", f"BASE={base}",
+        extra = ["--build-arg", f"BUILD_BASE={build_base}"] if build_base else []
+        proc = buildah("bud", "--isolation", "chroot", "--layers=false", "--build-arg", f"BASE={base}", *extra,
                        "--label", f"kiln.inputs={digest}", "--volume", f"{WHEELS}:/wheels:ro",
                        "-t", image, "-f", str(REPO / IMAGES[name]), str(REPO),
                        check=False, capture=False, stdout=out, stderr=subprocess.STDOUT)
@@ -237,12 +248,13 @@ def build_all(names=tuple(IMAGES)) -> dict[str, str]:
             raise RuntimeError(f"{tool} is not installed: run tests/cluster/build-node.sh")
     STORAGE.mkdir(parents=True, exist_ok=True)
     base = base_image()
+    build_base = base_image(BUILD_PACKAGES, "build") if any(map(has_build_stage, names)) else ""
     out = {"pause": pause_image()}
     wheelhouse()
     rebuilt = False
     for name in names:
         wheelhouse()  # again: pyproject.toml may have changed since (a no-op when it has not)
-        out[name], built = build(name, base)
+        out[name], built = build(name, base, build_base if has_build_stage(name) else "")
         rebuilt |= built
     if rebuilt:  # the images these replaced (vfs keeps whole copies: gigabytes)
         buildah("rmi", "--prune", check=False)
