@@ -23,8 +23,12 @@
    Memory is bounded: chunks of `chunk_rows` rows and `chunk_records` records are allocated up to `max_chunks`
    waiting (sealed or being filled); past that, or past `max_records` waiting records, a record is dropped and
    counted (`dropped`). An id is kept to ID_MAX bytes. Chunks the writer gives back are reused (at most `pool`
-   kept), so steady logging touches warm memory and takes no page faults. offer(), take() and recycle() never
-   release the GIL, which serialises them. */
+   kept), so steady logging touches warm memory and takes no page faults.
+
+   Threads: REST's loop and gRPC's thread offer, the writer takes and recycles; the GIL serialises them. But a
+   call that allocates a Python object may run the garbage collector, and with it Python code, and so let
+   another thread in: offer() keeps its arrays and buffer views in its own frame, and store_room() looks again
+   at the chunk being filled after allocating one. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -283,9 +287,8 @@ typedef struct {
     Py_ssize_t waiting_rows;
     Py_ssize_t waiting_chunks; /* regular-chunk equivalents held by sealed and current chunks */
     long long dropped;
+    long long allocated; /* chunks made (not taken from the pool) */
     int64_t seq;
-    PyObject **arrays; /* offer()'s scratch, one per part (the GIL serialises every call) */
-    Py_buffer *views;
     Chunk *current;
     PyObject *sealed; /* list of Chunk */
     PyObject *pool;   /* list of Chunk, empty and reusable */
@@ -294,8 +297,6 @@ typedef struct {
 
 static void store_dealloc(Store *s) {
     PyMem_Free(s->parts);
-    PyMem_Free(s->arrays);
-    PyMem_Free(s->views);
     Py_XDECREF(s->wake);
     Py_XDECREF(s->current);
     Py_XDECREF(s->sealed);
@@ -355,10 +356,7 @@ static int store_set_layout(Store *s, PyObject *spec, int x_parts) {
         return -1;
     }
     Part *parts = PyMem_Calloc(n, sizeof(Part));
-    s->arrays = PyMem_Calloc(n, sizeof(PyObject *));
-    s->views = PyMem_Calloc(n, sizeof(Py_buffer));
-    if (parts == NULL || s->arrays == NULL || s->views == NULL) {
-        PyMem_Free(parts);
+    if (parts == NULL) {
         Py_DECREF(seq);
         PyErr_NoMemory();
         return -1;
@@ -392,6 +390,10 @@ static int store_set_layout(Store *s, PyObject *spec, int x_parts) {
         PyMem_Free(parts);
         PyErr_SetString(PyExc_ValueError, "chunk_rows x the row's size overflows");
         return -1;
+    }
+    if (s->parts != NULL) { /* another thread's first record set it meanwhile (see the top comment) */
+        PyMem_Free(parts);
+        return 0;
     }
     s->parts = parts;
     s->nparts = (int)n;
@@ -471,6 +473,7 @@ static Py_ssize_t chunks_for(Store *s, Py_ssize_t capacity) {
 
 /* A chunk with room for a record of `rows` rows; NULL with no error set when the bound refuses one. */
 static Chunk *store_room(Store *s, Py_ssize_t rows) {
+again:;
     Chunk *c = s->current;
     if (c != NULL && c->records < c->record_capacity && c->rows + rows <= c->capacity)
         return c;
@@ -494,6 +497,16 @@ static Chunk *store_room(Store *s, Py_ssize_t rows) {
         c = chunk_new(s->parts, s->nparts, s->row_bytes, capacity, s->chunk_records);
         if (c == NULL)
             return NULL;
+        s->allocated++;
+        if (s->current != NULL) { /* another offer made one while this one was allocated: use that */
+            if (capacity == s->chunk_rows && PyList_GET_SIZE(s->pool) < s->pool_max &&
+                PyList_Append(s->pool, (PyObject *)c) < 0) {
+                Py_DECREF(c);
+                return NULL;
+            }
+            Py_DECREF(c);
+            goto again;
+        }
     }
     s->current = c;
     s->waiting_chunks += cost;
@@ -622,15 +635,28 @@ static int store_offer_impl(Store *s, PyObject *const *args) {
     }
     if (count != s->nparts || (columns ? (int)nx : 1) != s->x_parts)
         return OFFER_FIT;
-    PyObject **arrays = s->arrays;
+    /* this call's own arrays and views (see the top comment): on the stack for a usual model, else allocated */
+    PyObject *arrays_here[16];
+    Py_buffer views_here[16];
+    PyObject **arrays = arrays_here;
+    Py_buffer *views = views_here;
+    if (count > 16) {
+        arrays = PyMem_Malloc(count * sizeof(PyObject *));
+        views = PyMem_Malloc(count * sizeof(Py_buffer));
+        if (arrays == NULL || views == NULL) {
+            PyMem_Free(arrays);
+            PyMem_Free(views);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     for (Py_ssize_t i = 0; i < nx; i++)
         arrays[i] = columns ? PySequence_Fast_ITEMS(x)[i] : x;
     arrays[nx] = label;
     if (probs != Py_None)
         arrays[nx + 1] = probs;
 
-    Py_buffer *views = s->views;
-    int viewed = 0, result = OFFER_FIT;
+    int viewed = 0, result = OFFER_FIT, wake = 0;
     for (int p = 0; p < s->nparts; p++) {
         const Part *part = &s->parts[p];
         viewed = p;
@@ -711,15 +737,22 @@ static int store_offer_impl(Store *s, PyObject *const *args) {
     if (!s->woken && s->wake != Py_None &&
         (s->waiting_records >= s->wake_records || s->waiting_rows >= s->wake_rows)) {
         s->woken = 1;
-        PyObject *r = PyObject_CallNoArgs(s->wake);
-        if (r == NULL)
-            result = -1;
-        Py_XDECREF(r);
+        wake = 1;
     }
 done:
     for (int p = 0; p < viewed; p++)
         if (s->parts[p].kind != 'O')
             PyBuffer_Release(&views[p]);
+    if (arrays != arrays_here) {
+        PyMem_Free(arrays);
+        PyMem_Free(views);
+    }
+    if (wake) { /* Python code, last: the record is stored and nothing of this call is left in use */
+        PyObject *r = PyObject_CallNoArgs(s->wake);
+        if (r == NULL)
+            result = -1;
+        Py_XDECREF(r);
+    }
     return result;
 }
 
@@ -808,6 +841,10 @@ static PyObject *store_dropped(Store *s, void *unused) {
     return PyLong_FromLongLong(s->dropped);
 }
 
+static PyObject *store_allocated(Store *s, void *unused) {
+    return PyLong_FromLongLong(s->allocated);
+}
+
 static PyObject *store_layout(Store *s, void *unused) {
     if (s->parts == NULL)
         Py_RETURN_NONE;
@@ -840,6 +877,7 @@ static PyGetSetDef store_getset[] = {
     {"waiting", (getter)store_waiting, NULL, "(records, rows, chunks) waiting for the writer", NULL},
     {"pooled", (getter)store_pooled, NULL, "empty chunks kept for reuse", NULL},
     {"dropped", (getter)store_dropped, NULL, "records dropped: the bound, or closed", NULL},
+    {"allocated", (getter)store_allocated, NULL, "chunks made rather than taken from the pool", NULL},
     {"layout", (getter)store_layout, NULL, "[(kind, width, itemsize, matrix)] per part, None before the first record",
      NULL},
     {"x_parts", (getter)store_x_parts, NULL, "parts that hold x", NULL},

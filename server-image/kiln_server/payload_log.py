@@ -63,9 +63,10 @@ from kiln_server.config import PAYLOAD_LOG_CODECS
 
 log = logging.getLogger("kiln_server.payload_log")
 
-# Each object costs the writer ~3 ms however small it is (Parquet's per-file work, the PUT): objects of
-# millions of values keep that below 2 µs a 64-row request (bench/README.md "gRPC and payload logging").
-BATCH_VALUES = 2 << 20  # an object is written once this many input values wait (16 MiB of float64)
+# Each object costs the writer ~3 ms however small it is (Parquet's per-file work, the PUT), and every object
+# the writer works through beside the serving loop costs that loop more: objects of 4 M values took the logging
+# cost of a 64-row REST request from ~22 to ~14 us against objects of 2 M (bench/README.md, "Session 7").
+BATCH_VALUES = 4 << 20  # an object is written once this many input values wait (32 MiB of float64)
 CHUNK_RECORDS_MAX = 1 << 16  # records per chunk (a row group) at most; --payload-log-batch when smaller
 CHUNK_VALUES = 1 << 19  # input values per chunk (4 MiB of float64); smaller costs the writer more per request
 MAX_QUEUED_VALUES = 6 << 20  # input values held at most while waiting (48 MiB of float64); more are dropped
@@ -143,9 +144,10 @@ class PayloadLog:
             chunk_rows=chunk_rows, chunk_records=max(1, min(batch, CHUNK_RECORDS_MAX)),
             max_chunks=max(1, MAX_QUEUED_VALUES // (chunk_rows * features)), max_records=queue_max,
             wake_records=batch, wake_rows=self.batch_rows, sample_rate=sample_rate, wake=self.wake.set,
-            seed=random.getrandbits(64), pool=2 * -(-BATCH_VALUES // (chunk_rows * features)) + 1)
-        # pool: empty chunks kept for reuse: an object's worth that the writer gives back while the next fills,
-        # and the one being filled. Fewer, and requests fault in fresh pages of memory (~1 us a page here).
+            seed=random.getrandbits(64), pool=-(-BATCH_VALUES // (chunk_rows * features)) + 1)
+        # pool: empty chunks kept for reuse: the object's worth the writer gives back, for the next to fill, and
+        # one more. Fewer, and requests fault in fresh pages of memory (~1 us a page here). Memory then holds
+        # at most MAX_QUEUED_VALUES waiting, an object being written, and the pool's empty chunks.
         # What a request's handler calls, once per answered request (kiln_server.app, kiln_server.grpc_server):
         #   record(protocol, id, headers, x, n, label, probs, t0) -> 0, or FIT: then refit(...) with the same
         # protocol: an index of PROTOCOLS; id: the body's or None; headers: ASGI headers or gRPC metadata (an

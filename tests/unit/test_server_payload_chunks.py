@@ -4,6 +4,7 @@ all, dropped and counted; chunks reused only when no view of them is left."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -228,3 +229,59 @@ def test_a_closed_store_drops_records_and_bad_settings_are_refused():
         _store(chunk_rows=0)
     with pytest.raises(ValueError, match="sample_rate"):
         _store(sample_rate=1.5)
+
+
+def test_an_offer_inside_another_leaves_the_store_whole():
+    """Python code may run inside offer() -- the wake callback, or a garbage collection while a chunk is allocated --
+    and let another thread's offer in; here that other offer is made from the inside, on the same thread."""
+    inner = []
+    store = _store(chunk_rows=100, max_chunks=10, wake_records=2,
+                   wake=lambda: inner.append(_offer(store, "from-wake", 3, seed=4)))
+    _offer(store, "a", 1)
+    _offer(store, "b", 2, seed=1)  # wakes the writer: the callback offers again
+    assert inner == [DONE]
+
+    def collect(phase, info):
+        if phase == "start" and armed:
+            armed.clear()
+            during.append(wide.offer(0, "from-gc", None, columns(1, 5), 1, np.zeros(1), None, 0.0))
+
+    def columns(n, seed):  # 25 columns: the chunk's tuple of parts is too long for CPython's free list, so
+        rng = np.random.default_rng(seed)  # making it is an allocation the collector counts
+        return [rng.normal(size=n) for _ in range(25)]
+
+    # A collection inside the chunk's allocation: with a threshold of 1, right after a collection, the next
+    # tracked object made -- the chunk's tuple -- starts one (seen as the chunk allocated going to the pool, unused:
+    # the inner offer made the chunk in use). Tried a few times: where the collector's count stands is CPython's.
+    wide = _store(chunk_rows=100, max_chunks=10)
+    offer = wide.offer
+    armed: list = []
+    during: list = []
+    x = columns(2, 6)
+    label = np.zeros(2)
+    threshold = gc.get_threshold()
+    gc.callbacks.append(collect)
+    try:
+        for _ in range(20):
+            wide.take(100, 100)  # the next offer needs a new chunk
+            pooled = wide.pooled
+            gc.set_threshold(1)
+            gc.collect()
+            armed.append(True)
+            outer = offer(0, "outer", None, x, 2, label, None, 0.0)
+            gc.set_threshold(*threshold)
+            armed.clear()
+            if wide.pooled == pooled + 1:
+                break
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(collect)
+    assert outer == DONE and wide.pooled == pooled + 1, (during, wide.allocated)  # its chunk went to the pool
+    assert during[-1] == DONE
+    (chunk,) = wide.take(100, 100)
+    assert sorted(_ids(chunk)) == ["from-gc", "outer"] and chunk.rows == 3
+    rows = {rid: n for rid, n in zip(_ids(chunk), _scalars(chunk)["nrows"].tolist(), strict=True)}
+    assert rows == {"from-gc": 1, "outer": 2} and wide.waiting == (0, 0, 0)
+    got = np.stack([np.frombuffer(c, np.float64) for c in chunk.columns()[:25]], axis=1)
+    want = [np.stack(columns(1, 5), axis=1), np.stack(x, axis=1)]
+    np.testing.assert_array_equal(got, np.concatenate(want if _ids(chunk)[0] == "from-gc" else want[::-1]))
