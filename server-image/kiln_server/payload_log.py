@@ -96,7 +96,6 @@ def _client():
 RECORD = np.dtype([("time", "<f8"), ("seconds", "<f8"), ("seq", "<i8"), ("nrows", "<i4"), ("protocol", "u1"),
                    ("has_id", "u1"), ("pad", "V2")])
 PROTOCOLS = ("rest-v2", "rest-v1", "grpc")  # a record's protocol, stored as its index here
-_PROTOCOL_CODE = {p: i for i, p in enumerate(PROTOCOLS)}
 
 
 def _chunks():
@@ -124,8 +123,6 @@ class PayloadLog:
         self.model, self.version = model, version
         self.names = names
         self.classes = [str(c) for c in classes] if classes else None
-        self.sample_rate = sample_rate
-        self.queue_max = queue_max
         self.batch = batch
         # rows an object (and a wake-up) holds at most: BATCH_VALUES input values
         self.batch_rows = max(1, BATCH_VALUES // max(1, len(names)))
