@@ -82,6 +82,9 @@ def test_categorical_columns_keep_their_types_and_missing_values():
     table = pq.read_table(io.BytesIO(next(iter(s3.objects.values()))))
     assert str(table.schema.field("input:size").type) == "double"
     assert str(table.schema.field("input:color").type) == "string"
+    # strings may be missing; numbers are never null (NaN is a value) and the bookkeeping columns always set
+    assert [table.schema.field(c).nullable for c in ("input:color", "input:size", "output:label", "time", "id")] == [
+        True, False, False, False, False]
     assert rows[0]["input:color"] == "x" and rows[1]["input:color"] is None and rows[2]["input:color"] is None
     assert rows[0]["input:size"] == 1.0 and np.isnan(rows[1]["input:size"])
     assert [r["output:label"] for r in rows] == [1, 0, 1]
