@@ -1,6 +1,7 @@
 """Payload logging against a real server process and the local cluster's S3 (SeaweedFS): the records read
-back from the objects match the requests sent (REST V2, KServe V1 and gRPC), by request id; with S3 not
-answering, every request is still served and the records that cannot wait are dropped and counted."""
+back from the objects match the requests sent (REST V2, KServe V1 and gRPC; ids from the body, an HTTP header
+or gRPC metadata), by request id; with S3 not answering, every request is still served and the records that
+cannot wait are dropped and counted."""
 
 from __future__ import annotations
 
@@ -94,11 +95,16 @@ def test_records_match_the_requests_sent(s3_env, s3_prefix):
                 {"name": "size", "datatype": "FP64", "shape": [1], "data": rows["size"].tolist()},
                 {"name": "color", "datatype": "BYTES", "shape": [1], "data": rows["color"].tolist()},
                 {"name": "weight", "datatype": "FP64", "shape": [1], "data": rows["weight"].tolist()}]})
+        rows = X.iloc[45:46]  # no id in the message: the x-request-id of the call's gRPC metadata names it
+        calls.append({"op": "infer", "headers": {"x-request-id": "grpc-metadata-id"}, "inputs": [
+            {"name": "size", "datatype": "FP64", "shape": [1], "data": rows["size"].tolist()},
+            {"name": "color", "datatype": "BYTES", "shape": [1], "data": rows["color"].tolist()},
+            {"name": "weight", "datatype": "FP64", "shape": [1], "data": rows["weight"].tolist()}]})
         results = grpc_client_tool.drive(f"127.0.0.1:{grpc_port}", "bc", {"calls": calls})["results"]
         for i, r in enumerate(results):
             assert r["ok"], r
-            sent[f"grpc-{i}"] = {"rows": X.iloc[40 + i:41 + i], "label": r["outputs"]["label"]["data"],
-                                 "protocol": "grpc"}
+            rid = f"grpc-{i}" if i < 5 else "grpc-metadata-id"
+            sent[rid] = {"rows": X.iloc[40 + i:41 + i], "label": r["outputs"]["label"]["data"], "protocol": "grpc"}
         status, _ = infer(srv, {"id": "refused", "inputs": [{"name": "x", "datatype": "FP64", "shape": [1],
                                                              "data": [1.0]}]})
         assert status == 422  # refused requests are not recorded
