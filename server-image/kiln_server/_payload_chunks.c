@@ -36,6 +36,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define MAX_PARTS 100000
 #define ID_MAX 256 /* bytes of UTF-8: ids are cut there, at a character's boundary */
@@ -96,10 +99,10 @@ static int unexported(PyObject *b) {
     return ((PyByteArrayObject *)b)->ob_exports == 0;
 }
 
-/* Rows r0..r1 of a part (offset, width, itemsize) into `width` columns of `rows` values each. */
-static void gather(char *out, const char *values, Py_ssize_t row_bytes, Py_ssize_t offset, int width, int itemsize,
-                   Py_ssize_t rows, Py_ssize_t r0, Py_ssize_t r1) {
-    for (int j = 0; j < width; j++) {
+/* Rows r0..r1, columns j0..j1 of a part (offset, itemsize) into columns of `rows` values each, value by value. */
+static void gather_values(char *out, const char *values, Py_ssize_t row_bytes, Py_ssize_t offset, int itemsize,
+                          Py_ssize_t rows, Py_ssize_t r0, Py_ssize_t r1, int j0, int j1) {
+    for (int j = j0; j < j1; j++) {
         char *dst = out + ((Py_ssize_t)j * rows + r0) * itemsize;
         const char *src = values + r0 * row_bytes + offset + (Py_ssize_t)j * itemsize;
         switch (itemsize) {
@@ -116,6 +119,50 @@ static void gather(char *out, const char *values, Py_ssize_t row_bytes, Py_ssize
                 memcpy(dst, src, itemsize);
         }
     }
+}
+
+/* Rows r0..r1 of a part (offset, width, itemsize) into `width` columns of `rows` values each. With SSE2 (every
+   x86-64), 4-byte values go as 4 x 4 tiles and 8-byte values as 2 x 2 tiles, transposed in registers: the
+   writer's transposition of a 64-row, 30-feature request took ~0.9 us value by value (a quarter of its
+   encoding), ~0.4 us in tiles. Moves and shuffles only: the bits are copied as they are (ints, NaNs). */
+static void gather(char *out, const char *values, Py_ssize_t row_bytes, Py_ssize_t offset, int width, int itemsize,
+                   Py_ssize_t rows, Py_ssize_t r0, Py_ssize_t r1) {
+#if defined(__SSE2__)
+    int tile = itemsize == 4 ? 4 : itemsize == 8 ? 2 : 0;
+    if (tile && width >= tile && r1 - r0 >= tile) {
+        Py_ssize_t rt = r0 + (r1 - r0) / tile * tile; /* rows in whole tiles */
+        int jt = width / tile * tile;                 /* columns in whole tiles */
+        for (Py_ssize_t r = r0; r < rt; r += tile) {
+            const char *row = values + r * row_bytes + offset;
+            if (tile == 4) {
+                for (int j = 0; j < jt; j += 4) {
+                    __m128 a = _mm_loadu_ps((const float *)(row + j * 4));
+                    __m128 b = _mm_loadu_ps((const float *)(row + row_bytes + j * 4));
+                    __m128 c = _mm_loadu_ps((const float *)(row + 2 * row_bytes + j * 4));
+                    __m128 d = _mm_loadu_ps((const float *)(row + 3 * row_bytes + j * 4));
+                    _MM_TRANSPOSE4_PS(a, b, c, d);
+                    char *dst = out + ((Py_ssize_t)j * rows + r) * 4;
+                    _mm_storeu_ps((float *)dst, a);
+                    _mm_storeu_ps((float *)(dst + rows * 4), b);
+                    _mm_storeu_ps((float *)(dst + 2 * rows * 4), c);
+                    _mm_storeu_ps((float *)(dst + 3 * rows * 4), d);
+                }
+            } else {
+                for (int j = 0; j < jt; j += 2) {
+                    __m128d a = _mm_loadu_pd((const double *)(row + j * 8));
+                    __m128d b = _mm_loadu_pd((const double *)(row + row_bytes + j * 8));
+                    char *dst = out + ((Py_ssize_t)j * rows + r) * 8;
+                    _mm_storeu_pd((double *)dst, _mm_unpacklo_pd(a, b));
+                    _mm_storeu_pd((double *)(dst + rows * 8), _mm_unpackhi_pd(a, b));
+                }
+            }
+        }
+        gather_values(out, values, row_bytes, offset, itemsize, rows, r0, rt, jt, width); /* the columns left */
+        gather_values(out, values, row_bytes, offset, itemsize, rows, rt, r1, 0, width);  /* the rows left */
+        return;
+    }
+#endif
+    gather_values(out, values, row_bytes, offset, itemsize, rows, r0, r1, 0, width);
 }
 
 /* columns([out]) -> tuple: per part, a bytearray of its values column by column (width columns of `rows`

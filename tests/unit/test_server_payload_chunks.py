@@ -88,6 +88,31 @@ def test_columns_of_a_chunk_larger_than_a_cache_block():
     np.testing.assert_array_equal(_columns(chunk, 10, np.float16, 2), parts[4].T)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64])
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 8, 9, 30])
+def test_columns_are_the_transpose_bit_for_bit_whatever_the_shape(dtype, width):
+    """Chunk.columns transposes 4-byte values in 4 x 4 tiles and 8-byte ones in 2 x 2 (SSE2): widths and record sizes
+    that leave partial tiles, parts at offsets in a row that are not aligned (the label after 3 floats), NaNs with
+    payloads, against numpy's transpose, byte for byte."""
+    store = _store(chunk_rows=2000, max_chunks=10, wake_rows=10**6)
+    rng = np.random.default_rng(width)
+    xs, labels, probs = [], [], []
+    for i, n in enumerate((1, 7, 3, 250, 6, 4)):
+        x = (rng.normal(size=(n, width)) * 1000).astype(dtype)
+        if np.issubdtype(dtype, np.floating):
+            bits = x.view(np.uint32 if x.itemsize == 4 else np.uint64)
+            bits[0, 0] = 0x7FC00ABC if x.itemsize == 4 else 0x7FF8000000000ABC  # a NaN with a payload
+        label, prob = rng.integers(-(2**40), 2**40, n), rng.random((n, 2))
+        assert store.offer(0, str(i), None, x, n, label, prob, 0.0) == DONE
+        xs.append(x), labels.append(label), probs.append(prob)
+    (chunk,) = store.take(100, 10000)
+    got = chunk.columns()
+    want = [np.ascontiguousarray(np.concatenate(xs).T), np.concatenate(labels),
+            np.ascontiguousarray(np.concatenate(probs).T)]
+    for data, expected in zip(got, want, strict=True):
+        assert bytes(data)[:expected.nbytes] == expected.tobytes()
+
+
 def test_object_parts_are_kept_by_reference():
     store = _store(chunk_rows=8)
     color = np.array(["red", None], dtype=object)

@@ -231,12 +231,14 @@ def test_steady_logging_reuses_its_chunks():
     s3 = FakeS3()
     plog = _log(s3, names=[f"f{j}" for j in range(30)], flush_s=0.05)
     x, label, probs = np.ones((64, 30), dtype=np.float32), np.zeros(64, dtype=np.int64), np.ones((64, 2))
-    for _ in range(20000):  # 1.28 M rows: about 73 chunks' worth
+    for _ in range(20000):  # 1.28 M rows: 36 chunks' worth
         plog.offer("rest-v2", None, x, 64, label, probs, 0.001)
         while plog.waiting > 3000:  # as a server's writer keeps up (else records are dropped, counted)
             time.sleep(0.005)
     plog.close(30)
     assert plog.counts == {"written": 20000, "dropped": 0, "failed": 0}
-    # at most the waiting bound's 12 chunks, an object's 8 being written and the one filling: not one per chunk
-    # filled (74 here with no pool)
-    assert plog.store.allocated <= 12 + 8 + 1
+    chunks = payload_log.MAX_QUEUED_VALUES // payload_log.CHUNK_VALUES  # the waiting bound, in chunks
+    object_chunks = payload_log.BATCH_VALUES // payload_log.CHUNK_VALUES
+    filled = 20000 * 64 * 30 // payload_log.CHUNK_VALUES
+    # at most the waiting bound's chunks, an object's being written and the one filling: not one per chunk filled
+    assert filled > 2 * (chunks + object_chunks + 1) and plog.store.allocated <= chunks + object_chunks + 1
