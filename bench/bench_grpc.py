@@ -381,8 +381,11 @@ def _log_objects(env: dict, uri: str) -> dict:
             table = pq.read_table(io.BytesIO(body), columns=["row"])
             rows += table.num_rows
             records += int((table.column("row").to_numpy() == 0).sum())  # one row 0 per request
-            # counted, then deleted: the local S3 holds 2 GiB, and every run writes tens of MiB
+            # counted, then deleted: the local S3 holds 2 GiB, and every run writes tens to hundreds of MiB
             client.delete_object(Bucket=loc.bucket, Key=obj["Key"])
+    from kiln_local import s3
+
+    s3.vacuum()  # deleted is not yet free (a run with drawn rows left the store full for the next)
     return {"uri": uri, "objects": objects, "records": records, "rows": rows, "bytes": size}
 
 

@@ -111,5 +111,15 @@ def _bucket(env: dict[str, str]) -> bool:
     return client.get_object(Bucket=env["KILN_BUCKET"], Key=".kiln-ready")["Body"].read() == b"ok"
 
 
+def vacuum(threshold: float = 0.1) -> None:
+    """Reclaim the space of deleted objects now. SeaweedFS frees a volume's deleted bytes only when it is vacuumed
+    (by itself every 15 minutes); the local store holds 32 volumes of 64 MB, and a bench that writes and deletes
+    hundreds of MB fills it well before then: later writes fail."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{HOST}:{MASTER_PORT}/vol/vacuum?garbageThreshold={threshold}", timeout=120):
+        pass
+
+
 def down() -> None:
     procs.stop(NAME, grace=5)  # weed server often ignores SIGTERM for good; its data is flushed by then
