@@ -70,7 +70,7 @@ BATCH_VALUES = 4 << 20  # an object is written once this many input values wait 
 CHUNK_RECORDS_MAX = 1 << 16  # records per chunk (a row group) at most; --payload-log-batch when smaller
 CHUNK_VALUES = 1 << 20  # input values per chunk (8 MiB of float64): the writer's per-chunk work (a table, a row
 # group) is ~0.15 ms; chunks of 512 K values cost a 64-row request 4.3-4.9 us of encoding, 1 M 3.8, 2 M no less
-WRITE_BATCH_ROWS = 1 << 17  # Parquet's write batch: a chunk's rows or more, for models of 4 features or more
+WRITE_BATCH_ROWS = 1 << 17  # Parquet's write batch: a chunk's rows or more, for models of 8 features or more
 MAX_QUEUED_VALUES = 6 << 20  # input values held at most while waiting (48 MiB of float64); more are dropped
 WARN_EVERY_S = 60.0
 CONTENT_TYPE = "application/vnd.apache.parquet"
