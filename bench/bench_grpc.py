@@ -1,7 +1,7 @@
 """gRPC benchmark: Kiln's Open Inference Protocol over gRPC vs its REST, vs MLServer's gRPC; and what payload
 logging at 100 % sampling costs.
 
-    python bench/bench_grpc.py [--duration 12] [--rounds 3] [--quick] [--no-mlserver] [--out FILE]
+    python bench/bench_grpc.py [--duration 12] [--rounds 3] [--processes 3] [--quick] [--no-mlserver] [--out FILE]
 
 Reference model and payloads as bench/bench_server.py: RandomForestClassifier(n_estimators=100) on
 breast_cancer (30 features), FP64, one row and a 64-row batch; REST sends V2 JSON, gRPC sends the same values
@@ -23,6 +23,10 @@ measured in interleaved rounds, medians reported.
 
 Logging: kiln-rest vs kiln-rest-log (and kiln-grpc vs kiln-grpc-log) at concurrency 8; the goal is a
 throughput cost of at most LOG_COST_TARGET (5 %). S3 is the local cluster's SeaweedFS (kiln_local.s3.up()).
+A server process's own speed differs from an identical one's by up to 4 % here, for as long as it lives (memory
+layout, not time: interleaved rounds keep the offset), which is as large as the effect measured. So at that
+concurrency each side of the comparison is --processes server processes (default 3), each measured in every round,
+and the side's throughput is the mean of its processes' medians (each process's figures are in the JSON).
 
 --payload drawn: each request's rows drawn at random from the dataset (DRAWN_BODIES different requests per
 case, cycled by wrk's Lua and by the gRPC client) instead of the same rows every time. Values then repeat
@@ -192,7 +196,7 @@ def _cpu(pid: int) -> float:
 
 
 def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, only_logging: bool = False,
-        drawn: bool = False, log_compression: str = "snappy") -> dict:
+        drawn: bool = False, log_compression: str = "snappy", processes: int = 3) -> dict:
     import numpy as np
 
     wrk = bs.ensure_wrk()
@@ -228,7 +232,8 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
             results["notes"].append(f"no local S3 ({exc}); logging not measured")
         log_uri = f"s3://{s3_env.get('KILN_BUCKET', 'kiln')}/bench/payload-logs/{uuid.uuid4().hex[:8]}"
 
-        # name -> (kind, address); one process may serve two names (its REST and its gRPC ports)
+        # name -> (kind, address); one process may serve two names (its REST and its gRPC ports). The logging
+        # comparison's processes beyond the first are named <name>#<k> and measured at the goal's concurrency only.
         targets: dict[str, tuple[str, str]] = {}
         pids: dict[str, int] = {}  # kiln servers: CPU seconds per request are read from /proc
 
@@ -245,13 +250,15 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
                 targets[rest_name] = ("rest", f"http://127.0.0.1:{port}/v2/models/bc/infer")
                 pids[rest_name] = proc.proc.pid
 
-        kiln("kiln-grpc", "kiln-rest")
+        for k in range(1, processes + 1):
+            tag = "" if k == 1 else f"#{k}"
+            kiln(f"kiln-grpc{tag}", f"kiln-rest{tag}")
+            if s3_env:
+                kiln(f"kiln-grpc-log{tag}", f"kiln-rest-log{tag}", "--payload-log-uri", log_uri,
+                     "--payload-log-sample-rate", "1", "--payload-log-compression", log_compression,
+                     env={k: v for k, v in s3_env.items() if k.startswith(("AWS_", "KILN_S3"))})
         if not only_logging:
             kiln("kiln-skl-grpc", None, "--runtime", "sklearn", "--allow-unsafe-formats")
-        if s3_env:
-            kiln("kiln-grpc-log", "kiln-rest-log", "--payload-log-uri", log_uri, "--payload-log-sample-rate", "1",
-                 "--payload-log-compression", log_compression,
-                 env={k: v for k, v in s3_env.items() if k.startswith(("AWS_", "KILN_S3"))})
         if with_mlserver and not only_logging:
             exe = bs.ensure_mlserver()
             if exe is None:
@@ -296,42 +303,41 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
                 r["cpu_us_per_request"] = (_cpu(pid) - before) / r["requests"] * 1e6
             return r
 
+        goal_c = max(bs.CONCURRENCY)
         for case in cases:
-            for c in ((max(bs.CONCURRENCY),) if only_logging else bs.CONCURRENCY):
+            for c in ((goal_c,) if only_logging else bs.CONCURRENCY):
                 point = f"{case}/c{c}"
-                runs: dict[str, list] = {n: [] for n in targets}
-                for name in targets:
+                names = [n for n in targets if c == goal_c or "#" not in n]
+                runs: dict[str, list] = {n: [] for n in names}
+                for name in names:
                     try:
                         measure(name, case, c, warmup)
                     except Exception as exc:  # noqa: BLE001
                         results["notes"].append(f"{name} {point} warm-up: {exc}")
                 for _ in range(rounds):
-                    for name in targets:
+                    for name in names:
                         try:
                             runs[name].append(measure(name, case, c, seconds / rounds))
                         except Exception as exc:  # noqa: BLE001
                             results["notes"].append(f"{name} {point}: {exc}")
-                for name, got in runs.items():
-                    if not got:
-                        continue
-                    r = bs.combine(got)
-                    cpu = [g["cpu_us_per_request"] for g in got if "cpu_us_per_request" in g]
-                    if cpu:
-                        r["cpu_us_per_request"] = round(statistics.median(cpu), 1)
+                for name, r in over_processes(runs).items():
                     results["points"].setdefault(name, {})[point] = r
                     flag = "" if r["errors"] == 0 else f"  !! {r['errors']} errors"
                     cpu_text = f"  cpu {r['cpu_us_per_request']:6.1f} us/req" if "cpu_us_per_request" in r else ""
+                    each = ("  (processes: " + ", ".join(f"{p['rps']:.0f}" for p in r["processes"]) + ")"
+                            if len(r.get("processes", ())) > 1 else "")
                     print(f"  {point:<11} {name:<14} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                          f"p99 {r['p99_ms']:6.2f} ms{cpu_text}{flag}", flush=True)
+                          f"p99 {r['p99_ms']:6.2f} ms{cpu_text}{flag}{each}", flush=True)
         if "kiln-rest-log" in targets:
             results["logging"] = _log_objects(s3_env, log_uri)
             # What the server counted: a store that failed or dropped would make logging look cheap.
-            metrics_url = targets["kiln-rest-log"][1].split("/v2/")[0] + "/metrics"
-            counted = _get(metrics_url)
-            for line in counted.splitlines():
-                if line.startswith("kiln_payload_log_records_total{"):
-                    outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
-                    results["logging"][f"server_{outcome}"] = int(float(line.rsplit(" ", 1)[1]))
+            for name in (n for n in targets if n.split("#")[0] == "kiln-rest-log"):  # every logging process
+                counted = _get(targets[name][1].split("/v2/")[0] + "/metrics")
+                for line in counted.splitlines():
+                    if line.startswith("kiln_payload_log_records_total{"):
+                        outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                        key = f"server_{outcome}"
+                        results["logging"][key] = results["logging"].get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
             if results["logging"].get("server_failed") or results["logging"].get("server_dropped"):
                 results["notes"].append(f"payload log: records failed or dropped ({results['logging']}): the "
                                         "logging figures do not measure writing every record")
@@ -350,8 +356,38 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
         "logging": "--payload-log-uri to the local SeaweedFS, sample rate 1.0, default batch/flush; codec: "
                    "setup.log_compression",
+        "processes": f"{processes} server processes each with and without logging at c={max(bs.CONCURRENCY)}, "
+                     "each measured in every round; a side's req/s is the mean of its processes' medians",
     }
     return results
+
+
+def over_processes(runs: dict[str, list]) -> dict[str, dict]:
+    """Each process's rounds combined (medians), then the processes of one name (<name>, <name>#2, ...) as one
+    point: req/s and CPU a request the mean over processes, p50/p99 their median, requests and errors summed."""
+    groups: dict[str, list[dict]] = {}
+    for name, got in runs.items():
+        if not got:
+            continue
+        r = bs.combine(got)
+        cpu = [g["cpu_us_per_request"] for g in got if "cpu_us_per_request" in g]
+        if cpu:
+            r["cpu_us_per_request"] = round(statistics.median(cpu), 1)
+        groups.setdefault(name.split("#")[0], []).append(r)
+    out = {}
+    for name, procs in groups.items():
+        if len(procs) == 1:
+            out[name] = procs[0]
+            continue
+        r = {"rps": statistics.mean(p["rps"] for p in procs),
+             **{k: statistics.median(p[k] for p in procs) for k in ("p50_ms", "p90_ms", "p99_ms")},
+             "requests": sum(p["requests"] for p in procs), "errors": sum(p["errors"] for p in procs),
+             "processes": [{k: p[k] for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request") if k in p}
+                           for p in procs]}
+        if all("cpu_us_per_request" in p for p in procs):
+            r["cpu_us_per_request"] = round(statistics.mean(p["cpu_us_per_request"] for p in procs), 1)
+        out[name] = r
+    return out
 
 
 def _get(url: str) -> str:
@@ -434,6 +470,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per point, over all rounds")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=3,
+                    help="server processes with and without logging, each, at concurrency 8 (see the docstring)")
     ap.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up")
     ap.add_argument("--no-mlserver", action="store_true")
     ap.add_argument("--only-logging", action="store_true", help="kiln with and without logging at c=8 only")
@@ -446,8 +484,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     seconds, warmup = (3.0, 1.0) if args.quick else (args.duration, 2.0)
+    if args.processes < 1:
+        ap.error("--processes must be at least 1")
     results = run(seconds, warmup, args.rounds, with_mlserver=not args.no_mlserver, only_logging=args.only_logging,
-                  drawn=args.payload == "drawn", log_compression=args.log_compression)
+                  drawn=args.payload == "drawn", log_compression=args.log_compression, processes=args.processes)
     results["setup"]["rows"] = args.payload
     results["setup"]["log_compression"] = args.log_compression
     args.out.parent.mkdir(parents=True, exist_ok=True)
