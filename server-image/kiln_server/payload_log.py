@@ -113,8 +113,8 @@ def _chunks():
 
 class PayloadLog:
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
-                 classes: list | None = None, sample_rate: float = 1.0, queue_max: int = 20000,
-                 batch: int = 10000, flush_s: float = 5.0, compression: str = "snappy", client_factory=_client):
+                 classes: list | None = None, sample_rate: float = 1.0, queue_max: int = 131072,
+                 batch: int = 65536, flush_s: float = 5.0, compression: str = "snappy", client_factory=_client):
         # pyarrow only where logging is on: importing it costs a server start ~0.2 s
         import pyarrow
         import pyarrow.parquet
