@@ -250,8 +250,8 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
                 targets[rest_name] = ("rest", f"http://127.0.0.1:{port}/v2/models/bc/infer")
                 pids[rest_name] = proc.proc.pid
 
-        for k in range(1, processes + 1):
-            tag = "" if k == 1 else f"#{k}"
+        for i in range(1, processes + 1):
+            tag = "" if i == 1 else f"#{i}"
             kiln(f"kiln-grpc{tag}", f"kiln-rest{tag}")
             if s3_env:
                 kiln(f"kiln-grpc-log{tag}", f"kiln-rest-log{tag}", "--payload-log-uri", log_uri,
