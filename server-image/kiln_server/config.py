@@ -12,6 +12,13 @@ import re
 from dataclasses import asdict, dataclass
 
 PAYLOAD_LOG_CODECS = ("snappy", "zstd", "none")  # Parquet codecs of payload-log objects; the CRD's enum agrees
+# Records per object: each object costs the writer ~3 ms however small it is (Parquet's per-file work, the PUT), so
+# a 1-row request at 10 000 records an object paid ~0.4 us for it, at 65 536 ~0.1 (with logging on at 16 k req/s:
+# throughput cost 4.2 -> 2.4 %, 3 processes each, bench/README.md "Session 9"). The queue holds two objects' worth,
+# so records keep coming while one is written; ids are at most 256 bytes, so the records' own memory (ids, times)
+# stays under ~38 MB, typically ~9 MB (36-character ids).
+PAYLOAD_LOG_BATCH = 65536
+PAYLOAD_LOG_QUEUE = 131072
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
@@ -46,13 +53,8 @@ class Config:
     payload_log_uri: str = ""  # s3:// prefix for request/response records; "" = off
     payload_log_sample_rate: float = 1.0
     payload_log_compression: str = "snappy"  # Parquet codec of the objects
-    # Records per object: each object costs the writer ~3 ms however small it is (Parquet's per-file work, the PUT),
-    # so a 1-row request at 10 000 records an object paid ~0.4 us for it, at 65 536 ~0.1 (with logging on at 16 k
-    # req/s: throughput cost 4.2 -> 2.4 %, 3 processes each, bench/README.md "Session 9"). The queue holds two
-    # objects' worth, so records keep coming while one is written; ids are at most 256 bytes, so the records' own
-    # memory (ids, times) stays under ~38 MB, typically ~9 MB (36-character ids).
-    payload_log_queue: int = 131072  # records held at most while S3 is slow; past it they are dropped, counted
-    payload_log_batch: int = 65536  # records per object at most
+    payload_log_queue: int = PAYLOAD_LOG_QUEUE  # records held at most while S3 is slow; past it dropped, counted
+    payload_log_batch: int = PAYLOAD_LOG_BATCH  # records per object at most
     payload_log_flush_s: float = 5.0  # an object is written at least this often while records wait
 
     def to_json(self) -> str:
@@ -158,11 +160,11 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
     parser.add_argument("--payload-log-compression", default=default("payload_log_compression", "snappy"),
                         choices=list(PAYLOAD_LOG_CODECS),
                         help="Parquet codec of the objects [KILN_PAYLOAD_LOG_COMPRESSION] (snappy)")
-    parser.add_argument("--payload-log-queue", type=int, default=default("payload_log_queue", "131072"),
+    parser.add_argument("--payload-log-queue", type=int, default=default("payload_log_queue", str(PAYLOAD_LOG_QUEUE)),
                         help="records held at most while the store is slow; more are dropped and counted "
-                        "[KILN_PAYLOAD_LOG_QUEUE] (131072)")
-    parser.add_argument("--payload-log-batch", type=int, default=default("payload_log_batch", "65536"),
-                        help="records per object at most [KILN_PAYLOAD_LOG_BATCH] (65536)")
+                        f"[KILN_PAYLOAD_LOG_QUEUE] ({PAYLOAD_LOG_QUEUE})")
+    parser.add_argument("--payload-log-batch", type=int, default=default("payload_log_batch", str(PAYLOAD_LOG_BATCH)),
+                        help=f"records per object at most [KILN_PAYLOAD_LOG_BATCH] ({PAYLOAD_LOG_BATCH})")
     parser.add_argument("--payload-log-flush-s", type=float, default=default("payload_log_flush_s", "5"),
                         help="records wait at most this long before they are written [KILN_PAYLOAD_LOG_FLUSH_S] (5)")
     parser.add_argument("--log-level", default=default("log_level", "info"),

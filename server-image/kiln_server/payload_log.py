@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from kiln_contract import storage
-from kiln_server.config import PAYLOAD_LOG_CODECS
+from kiln_server.config import PAYLOAD_LOG_BATCH, PAYLOAD_LOG_CODECS, PAYLOAD_LOG_QUEUE
 
 log = logging.getLogger("kiln_server.payload_log")
 
@@ -113,8 +113,9 @@ def _chunks():
 
 class PayloadLog:
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
-                 classes: list | None = None, sample_rate: float = 1.0, queue_max: int = 131072,
-                 batch: int = 65536, flush_s: float = 5.0, compression: str = "snappy", client_factory=_client):
+                 classes: list | None = None, sample_rate: float = 1.0, queue_max: int = PAYLOAD_LOG_QUEUE,
+                 batch: int = PAYLOAD_LOG_BATCH, flush_s: float = 5.0, compression: str = "snappy",
+                 client_factory=_client):
         # pyarrow only where logging is on: importing it costs a server start ~0.2 s
         import pyarrow
         import pyarrow.parquet
