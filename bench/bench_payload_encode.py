@@ -60,8 +60,7 @@ def records(kind: str, n: int, rng) -> list:
 
 
 def chunks(plog, recs: list) -> list:
-    """The store's chunks of the records, as the writer thread takes them (it sleeps: flush_s is long and one
-    object's worth does not wake it)."""
+    """The store's chunks of the records, as the writer thread takes them (the log has none: they are taken here)."""
     for rid, x, label, probs in recs:
         plog.offer("rest-v2", rid, x, ROWS, label, probs, 0.0002)
     out = plog.store.take(1 << 30, 1 << 30)
@@ -73,8 +72,8 @@ def run(n: int, rounds: int) -> dict:
     from kiln_server.payload_log import PayloadLog
 
     names = [f"f{j}" for j in range(30)]
-    plog = PayloadLog("s3://bench/payload-encode", "bc", "1", names, classes=[0, 1], flush_s=3600,
-                      client_factory=_NoStore)
+    plog = PayloadLog("s3://bench/payload-encode", "bc", "1", names, classes=[0, 1], client_factory=_NoStore,
+                      writer=False)
     rng = np.random.default_rng(0)
     results: dict = {"kiln_codec": plog.compression, "requests_per_object": n, "rows_per_request": ROWS,
                      "points": {}}

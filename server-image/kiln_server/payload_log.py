@@ -31,12 +31,14 @@ value, bench/README.md "gRPC and payload logging").
 
 The request handler makes one call, PayloadLog.record (kiln_server._payload_chunks, in C: why, in its
 comment and docs/design-decisions.md): sampling, the clocks, the id and a copy of the record's numbers into a
-chunk; no I/O, and nothing of the request kept. One daemon thread per worker process encodes and uploads
-every --payload-log-flush-s seconds, or sooner once --payload-log-batch records or BATCH_VALUES input values
-wait. Memory is bounded: at most --payload-log-queue records and MAX_QUEUED_VALUES input values wait; past
-either, a record is dropped and counted (kiln_payload_log_records_total{outcome="dropped"}, synced from the
-store every second by the server's loop), so a slow or stopped S3 costs records, never a request's time. An
-upload that fails (after the client's short retries) is counted as `failed`.
+chunk; no I/O, and nothing of the request kept. One daemon thread per worker process encodes each chunk (a row
+group) into the object being written as soon as the chunk is full, and uploads the object once it holds
+--payload-log-batch records or BATCH_VALUES input values, or --payload-log-flush-s seconds after its first record
+(at low traffic, whatever waits is written every --payload-log-flush-s seconds). Memory is bounded: at most
+--payload-log-queue records and MAX_QUEUED_VALUES input values wait; past either, a record is dropped and
+counted (kiln_payload_log_records_total{outcome="dropped"}, synced from the store every second by the server's
+loop), so a slow or stopped S3 costs records, never a request's time. An upload that fails (after the client's
+short retries) is counted as `failed`.
 
 Credentials: the logger's own S3 client uses KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID / _SECRET_ACCESS_KEY when
 set (the operator gives serving pods a writable credential under those names only when logging is on; the
@@ -68,9 +70,10 @@ log = logging.getLogger("kiln_server.payload_log")
 # cost of a 64-row REST request from ~22 to ~14 us against objects of 2 M (bench/README.md, "Session 7").
 BATCH_VALUES = 4 << 20  # an object is written once this many input values wait (32 MiB of float64)
 CHUNK_RECORDS_MAX = 1 << 16  # records per chunk (a row group) at most; --payload-log-batch when smaller
-CHUNK_VALUES = 1 << 20  # input values per chunk (8 MiB of float64): the writer's per-chunk work (a table, a row
-# group) is ~0.15 ms; chunks of 512 K values cost a 64-row request 4.3-4.9 us of encoding, 1 M 3.8, 2 M no less
-WRITE_BATCH_ROWS = 1 << 17  # Parquet's write batch: a chunk's rows or more, for models of 8 features or more
+CHUNK_VALUES = 2 << 20  # input values per chunk (16 MiB of float64), a row group: the writer's per-chunk work (a
+# table, a row group) costs ~0.5 ms alone and ~1 ms beside the serving loop; in the server, chunks of 2 M values
+# cost a 64-row request ~1.5 us less of the writer's time than 1 M, 512 K ~2 us more (bench/README.md, "Session 10")
+WRITE_BATCH_ROWS = 1 << 18  # Parquet's write batch: a chunk's rows or more, for models of 8 features or more
 MAX_QUEUED_VALUES = 6 << 20  # input values held at most while waiting (48 MiB of float64); more are dropped
 WARN_EVERY_S = 60.0
 CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -115,7 +118,7 @@ class PayloadLog:
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
                  classes: list | None = None, sample_rate: float = 1.0, queue_max: int = PAYLOAD_LOG_QUEUE,
                  batch: int = PAYLOAD_LOG_BATCH, flush_s: float = 5.0, compression: str = "snappy",
-                 client_factory=_client):
+                 client_factory=_client, writer: bool = True):
         # pyarrow only where logging is on: importing it costs a server start ~0.2 s
         import pyarrow
         import pyarrow.parquet
@@ -140,14 +143,17 @@ class PayloadLog:
         chunk_rows = max(1, min(CHUNK_VALUES, BATCH_VALUES) // features)  # an object holds whole chunks
         # The record store (C). The first record sets its layout (the model's dtypes); a later one that differs is
         # converted (refit) or dropped. Sampling, ids, times and the drop count all happen in its offer().
+        self.chunk_rows, self.chunk_records = chunk_rows, max(1, min(batch, CHUNK_RECORDS_MAX))
+        # The writer is woken once a chunk is full (more waits than one chunk holds, so one is sealed) and encodes
+        # it at once into the object being written (_run: why).
         self.store = self.native.Store(
-            chunk_rows=chunk_rows, chunk_records=max(1, min(batch, CHUNK_RECORDS_MAX)),
+            chunk_rows=chunk_rows, chunk_records=self.chunk_records,
             max_chunks=max(1, MAX_QUEUED_VALUES // (chunk_rows * features)), max_records=queue_max,
-            wake_records=batch, wake_rows=self.batch_rows, sample_rate=sample_rate, wake=self.wake.set,
-            seed=random.getrandbits(64), pool=-(-BATCH_VALUES // (chunk_rows * features)) + 1)
-        # pool: empty chunks kept for reuse: the object's worth the writer gives back, for the next to fill, and
-        # one more. Fewer, and requests fault in fresh pages of memory (~1 us a page here). Memory then holds
-        # at most MAX_QUEUED_VALUES waiting, an object being written, and the pool's empty chunks.
+            wake_records=self.chunk_records + 1, wake_rows=chunk_rows + 1, sample_rate=sample_rate,
+            wake=self.wake.set, seed=random.getrandbits(64), pool=-(-BATCH_VALUES // (chunk_rows * features)) + 1)
+        # pool: empty chunks kept for reuse (the writer gives each back once encoded), an object's worth and one
+        # more. Fewer, and requests fault in fresh pages of memory (~1 us a page here). Memory then holds at most
+        # MAX_QUEUED_VALUES waiting, the object being written (encoded), and the pool's empty chunks.
         # What a request's handler calls, once per answered request (kiln_server.app, kiln_server.grpc_server):
         #   record(protocol, id, headers, x, n, label, probs, t0) -> 0, or FIT: then refit(...) with the same
         # protocol: an index of PROTOCOLS; id: the body's or None; headers: ASGI headers or gRPC metadata (an
@@ -175,8 +181,10 @@ class PayloadLog:
         self._version_dictionary = pyarrow.array([version], pyarrow.string())
         self._zeros = np.zeros(0, dtype=np.int32)
         self._schema_key, self._schema_cached = None, None
-        self.thread = threading.Thread(target=self._run, name="kiln-payload-log", daemon=True)
-        self.thread.start()
+        # writer=False: no writer thread; the caller takes the store's chunks and encodes them (bench, tests)
+        self.thread = threading.Thread(target=self._run, name="kiln-payload-log", daemon=True) if writer else None
+        if self.thread is not None:
+            self.thread.start()
 
     @classmethod
     def from_config(cls, cfg, schema, metrics) -> PayloadLog:
@@ -248,48 +256,72 @@ class PayloadLog:
 
     # -- the writer thread -----------------------------------------------------------------------------
     def _run(self) -> None:
+        """Each chunk is encoded (a row group) into the object being written as soon as it is full, while what the
+        requests wrote into it is still in the CPU's cache, and given back for the requests to fill again; the
+        object is uploaded once it holds `batch` records or BATCH_VALUES input values, `flush_s` after its first
+        chunk, or at close. Waiting for a whole object's chunks before encoding them read them back from memory
+        and kept more of them: the writer's work beside the serving loop cost the loop more."""
+        store, obj = self.store, None
         while True:
-            self.wake.wait(self.flush_s)
+            woken = self.wake.wait(self.flush_s if obj is None else max(0.0, obj.due - time.monotonic()))
             self.wake.clear()
             closing = self.closed
-            store = self.store
+            # on time (flush_s with nothing or an object due) or at close: everything waiting, the chunk being
+            # filled too; else full chunks only
+            flush = closing or not woken or (obj is not None and time.monotonic() >= obj.due)
             while True:
-                chunks = store.take(self.batch, self.batch_rows)
-                if not chunks:
-                    break
-                self._write(chunks)
-                for chunk in chunks:
-                    store.recycle(chunk)
                 records, rows, _ = store.waiting
-                if not closing and records < self.batch and rows < self.batch_rows:
-                    break  # wait for the next tick: a batch per tick keeps objects few and large
+                if not records or not flush and records <= self.chunk_records and rows <= self.chunk_rows:
+                    break
+                chunks = store.take(self.chunk_records, self.chunk_rows, flush)
+                if not chunks:
+                    break  # the full chunk is not sealed yet: the next record seals it and wakes the writer
+                for chunk in chunks:
+                    obj = self._add(obj, chunk)
+                    store.recycle(chunk)
+                    if obj is not None and (obj.records >= self.batch or obj.rows >= self.batch_rows):
+                        self._put(obj)
+                        obj = None
+            if obj is not None and flush:
+                self._put(obj)
+                obj = None
             if closing:
                 return
 
     def encode(self, chunks: list) -> bytes:
-        """One Parquet file of the chunks, one row per input row, a row group per chunk.
-
-        Chunk.columns gives each part's values column by column, as Arrow takes them, and the records' scalars
-        are arrays: per record nothing is touched in Python."""
-        sink = io.BytesIO()
-        writer = None
+        """One Parquet file of the chunks, one row per input row, a row group per chunk (what the writer thread
+        makes of them, a chunk at a time)."""
+        obj = None
         for chunk in chunks:
-            table = self._table(chunk)
-            if writer is None:
-                # Statistics on time only: the one column a reader filters by; the rest would be CPU for nothing.
-                # A column chunk in one write batch (Parquet's default is 1024 values): the same file, and the
-                # writer's per-batch work once per column, not 17 times (-0.5 us a 64-row request, 1/7 of writing).
-                dictionary = ["id", "protocol", "model", "version"] + [
-                    f.name for f in table.schema if f.name.startswith("input:") and self.pa.types.is_string(f.type)]
-                writer = self.pq.ParquetWriter(sink, table.schema, compression=self.compression,
-                                               use_dictionary=dictionary, write_statistics=["time"], store_schema=True,
-                                               write_batch_size=WRITE_BATCH_ROWS)
-            elif table.schema != writer.schema:
-                table = table.cast(writer.schema)  # e.g. an int label column where an earlier chunk had float
-            writer.write_table(table)
-        if writer is not None:
-            writer.close()
-        return sink.getvalue()
+            obj = self._encode(obj, chunk)
+        return obj.finish() if obj is not None else b""
+
+    def _encode(self, obj: _Object | None, chunk) -> _Object | None:
+        """The chunk as the next row group of obj (a new object when None). Chunk.columns gives each part's values
+        column by column, as Arrow takes them, and the records' scalars are arrays: per record nothing is touched
+        in Python."""
+        if not chunk.records:
+            return obj
+        table = self._table(chunk)
+        if obj is None:
+            first = float(np.frombuffer(chunk.scalars, RECORD, 1)["time"][0])  # a copy: no view stays
+            obj = _Object(self, table.schema, first)
+        elif table.schema != obj.writer.schema:
+            table = table.cast(obj.writer.schema)  # e.g. an int label column where an earlier chunk had float
+        obj.writer.write_table(table)
+        obj.records += chunk.records
+        obj.rows += chunk.rows
+        return obj
+
+    def _add(self, obj: _Object | None, chunk) -> _Object | None:
+        """_encode, counting the object's records (and this chunk's) as failed when it cannot be encoded."""
+        try:
+            return self._encode(obj, chunk)
+        except Exception as exc:  # noqa: BLE001 - counted and logged; serving goes on
+            lost = chunk.records + (obj.records if obj is not None else 0)
+            self._count("failed", lost)
+            self._warn(f"payload log: cannot encode {lost} records: {type(exc).__name__}: {exc}")
+            return None
 
     def _table(self, chunk):
         pa = self.pa
@@ -372,30 +404,50 @@ class PayloadLog:
         return (f"{base + '/' if base else ''}v{self.version}/{now:%Y/%m/%d/%H}/"
                 f"{now:%Y%m%dT%H%M%S}-{self.host}-{self.pid}-{self.seq:06d}.parquet")
 
-    def _write(self, chunks: list) -> None:
-        records = sum(c.records for c in chunks)
-        if not records:
-            return
+    def _put(self, obj: _Object) -> None:
         try:
-            body = self.encode(chunks)
+            body = obj.finish()
             if self.client is None:
                 self.client = self.client_factory()
-            first = float(np.frombuffer(chunks[0].scalars, RECORD, 1)["time"][0])  # a copy: no view stays
-            self.client.put_object(Bucket=self.loc.bucket, Key=self.key(first), Body=body,
+            self.client.put_object(Bucket=self.loc.bucket, Key=self.key(obj.first), Body=body,
                                    ContentType=CONTENT_TYPE)
         except Exception as exc:  # noqa: BLE001 - counted and logged; serving goes on
-            self._count("failed", records)
-            self._warn(f"payload log: cannot write {records} records to s3://{self.loc.bucket}/{self.loc.key}: {exc}")
+            self._count("failed", obj.records)
+            self._warn(f"payload log: cannot write {obj.records} records to s3://{self.loc.bucket}/{self.loc.key}: "
+                       f"{exc}")
             return
-        self._count("written", records)
+        self._count("written", obj.records)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (within `timeout`), then stop the thread."""
         self.closed = True
         self.store.close()
         self.wake.set()
-        self.thread.join(timeout)
+        if self.thread is not None:
+            self.thread.join(timeout)
         self.sync_dropped()
+
+
+class _Object:
+    """One Parquet object being written, a row group at a time (PayloadLog._run)."""
+
+    def __init__(self, plog: PayloadLog, schema, first: float):
+        # Statistics on time only: the one column a reader filters by; the rest would be CPU for nothing. A column
+        # chunk in one write batch (Parquet's default is 1024 values): the same file, and the writer's per-batch
+        # work once per column, not 17 times (-0.5 us a 64-row request, 1/7 of writing).
+        dictionary = ["id", "protocol", "model", "version"] + [
+            f.name for f in schema if f.name.startswith("input:") and plog.pa.types.is_string(f.type)]
+        self.sink = io.BytesIO()
+        self.writer = plog.pq.ParquetWriter(self.sink, schema, compression=plog.compression,
+                                            use_dictionary=dictionary, write_statistics=["time"], store_schema=True,
+                                            write_batch_size=WRITE_BATCH_ROWS)
+        self.first = first  # the time of its first record: the object's key
+        self.due = time.monotonic() + plog.flush_s - max(0.0, time.time() - first)  # flush_s after that record
+        self.records = self.rows = 0
+
+    def finish(self) -> bytes:
+        self.writer.close()
+        return self.sink.getvalue()
 
 
 def _dtype(part) -> np.dtype:

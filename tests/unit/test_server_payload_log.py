@@ -180,6 +180,61 @@ def test_an_object_holds_at_most_batch_values(monkeypatch):
     assert sum(sizes) == 100 and max(sizes) <= 20 and len(sizes) >= 5
 
 
+
+def _until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_full_chunk_is_encoded_at_once_and_the_object_uploaded_once_full(monkeypatch):
+    """The writer takes each chunk as soon as it is full (its memory goes back to the requests while still in the
+    CPU's cache) into the object being written, and uploads the object once it holds BATCH_VALUES, not before."""
+    monkeypatch.setattr(payload_log, "CHUNK_VALUES", 40)  # 20 rows of 2 inputs: two 10-row records a chunk
+    monkeypatch.setattr(payload_log, "BATCH_VALUES", 120)  # three chunks an object
+    s3 = FakeS3()
+    plog = _log(s3, flush_s=3600)
+
+    def offer(i):
+        plog.offer("rest-v2", f"r{i}", np.full((10, 2), float(i)), 10, np.zeros(10), None, 0.0)
+
+    for i in range(3):  # the third record does not fit the first chunk: it is sealed, the writer woken
+        offer(i)
+    assert _until(lambda: plog.waiting == 1)  # the first chunk taken, only the record filling the second waits
+    time.sleep(0.05)
+    assert not s3.objects  # the object holds 40 of its 120 values
+    for i in range(3, 7):
+        offer(i)
+    assert _until(lambda: s3.objects)
+    (body,) = s3.objects.values()
+    meta = pq.read_metadata(io.BytesIO(body))
+    assert (meta.num_row_groups, meta.num_rows) == (3, 60)
+    assert pq.read_table(io.BytesIO(body)).column("id").to_pylist() == [f"r{i}" for i in range(6) for _ in range(10)]
+    plog.close()
+    assert len(s3.objects) == 2 and plog.counts == {"written": 7, "dropped": 0, "failed": 0}
+
+
+def test_an_object_is_uploaded_flush_s_after_its_first_record(monkeypatch):
+    """A chunk encoded early does not hold its records back: the object goes flush_s after its first record even
+    though it is far from full, with the records that wait meanwhile (the chunk being filled, sealed)."""
+    monkeypatch.setattr(payload_log, "CHUNK_VALUES", 40)
+    s3 = FakeS3()
+    plog = _log(s3, flush_s=0.3)
+    for i in range(3):
+        plog.offer("rest-v2", f"r{i}", np.full((10, 2), float(i)), 10, np.zeros(10), None, 0.0)
+    t0 = time.monotonic()
+    assert _until(lambda: s3.objects, 5)
+    assert time.monotonic() - t0 < 2
+    (body,) = s3.objects.values()
+    meta = pq.read_metadata(io.BytesIO(body))
+    assert (meta.num_row_groups, meta.num_rows) == (2, 30)
+    assert plog.counts["written"] == 3 and plog.waiting == 0
+    plog.close()
+    assert len(s3.objects) == 1
+
 def test_a_hanging_store_drops_and_counts_never_blocks():
     hang = threading.Event()
     s3 = FakeS3(hang=hang)
