@@ -182,6 +182,14 @@ def pinned(argv: list[str], cpu: int) -> list[str]:
     return argv
 
 
+def pin_running(pid: int, cpus: str) -> bool:
+    """Every thread of a running process onto `cpus` (taskset's list, e.g. "1" or "0-1"); False where it cannot
+    be done (one CPU, no taskset, the process gone)."""
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return False
+    return subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True).returncode == 0
+
+
 class Proc:
     def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None, cwd: Path | None = None):
         self.name = name
