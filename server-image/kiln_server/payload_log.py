@@ -72,7 +72,7 @@ BATCH_VALUES = 4 << 20  # an object is written once this many input values wait 
 CHUNK_RECORDS_MAX = 1 << 16  # records per chunk (a row group) at most; --payload-log-batch when smaller
 CHUNK_VALUES = 2 << 20  # input values per chunk (16 MiB of float64), a row group: the writer's per-chunk work (a
 # table, a row group) costs ~0.5 ms alone and ~1 ms beside the serving loop; in the server, chunks of 2 M values
-# cost a 64-row request ~1.5 us less of the writer's time than 1 M, 512 K ~2 us more (bench/README.md, "Session 10")
+# cost a 64-row request ~1.3 us less of the writer's time than 1 M, 512 K ~2 us more (bench/README.md, "Session 10")
 WRITE_BATCH_ROWS = 1 << 18  # Parquet's write batch: a chunk's rows or more, for models of 8 features or more
 MAX_QUEUED_VALUES = 6 << 20  # input values held at most while waiting (48 MiB of float64); more are dropped
 WARN_EVERY_S = 60.0
