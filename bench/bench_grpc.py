@@ -438,6 +438,20 @@ def _log_objects(env: dict, uri: str) -> dict:
     return {"uri": uri, "objects": objects, "records": records, "rows": rows, "bytes": size}
 
 
+def cost_standard_error(mine: dict, other: dict) -> float | None:
+    """The standard error of 1 - mine/other in throughput, from the spread of each side's processes (one process
+    differs from an identical one by a few per cent for its whole life, so the processes are the samples); None with
+    fewer than two processes a side."""
+    a = [p["rps"] for p in mine.get("processes", ())]
+    b = [p["rps"] for p in other.get("processes", ())]
+    if len(a) < 2 or len(b) < 2 or not statistics.mean(b):
+        return None
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    # the ratio's error by the delta method: relative errors of the two means, in quadrature
+    rel = ((statistics.variance(a) / len(a)) / ma ** 2 + (statistics.variance(b) / len(b)) / mb ** 2) ** 0.5
+    return ma / mb * rel
+
+
 def ratios(points: dict) -> dict:
     out = {}
     pairs = (("kiln-grpc", "kiln-rest"), ("kiln-grpc", "mlserver-grpc"), ("kiln-skl-grpc", "mlserver-grpc"),
@@ -460,6 +474,9 @@ def ratios(points: dict) -> dict:
                 if r is not None:
                     k, o = points[mine][point], points[other][point]
                     entry = {"throughput cost": round(1 - r, 3)}
+                    se = cost_standard_error(k, o)
+                    if se is not None:
+                        entry["throughput cost standard error"] = round(se, 3)
                     if "cpu_us_per_request" in k and "cpu_us_per_request" in o:
                         # on a core of its own a server's throughput is 1 / (CPU per request): the CPU ratio is
                         # what the throughput cost would be without load from elsewhere
