@@ -198,6 +198,18 @@ def test_take_keeps_within_its_limits_but_always_takes_one():
     assert store.take(100, 100) == []
 
 
+
+def test_take_without_sealing_leaves_the_chunk_being_filled():
+    """The writer takes full chunks as they are sealed (seal=False); the chunk being filled stays and keeps filling."""
+    store = _store(chunk_rows=2, max_chunks=10)
+    for i in range(3):
+        _offer(store, str(i), 1)
+    assert [c.records for c in store.take(100, 100, False)] == [2]
+    assert store.waiting[:2] == (1, 1) and store.take(100, 100, False) == []
+    _offer(store, "3", 1)  # into the same chunk: it was not sealed
+    (chunk,) = store.take(100, 100)
+    assert chunk.records == 2 and bytes(chunk.id_bytes)[:2] == b"23"
+
 def test_the_writer_is_woken_once_enough_waits():
     calls = []
     store = _store(chunk_rows=100, max_chunks=10, wake_records=3, wake=lambda: calls.append(1))
