@@ -358,14 +358,17 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
         if s3_pinned:
             bs.pin_running(s3_pinned, f"0-{(os.cpu_count() or 1) - 1}")  # the store outlives the bench
     results["ratios"] = ratios(results["points"])
+    pinning = "none"
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        pinning = "servers on CPU 0, load on CPU 1"
+        if s3_pinned:
+            pinning += ", the local S3 (SeaweedFS) beside the load"
     results["setup"] = {
         "model": "RandomForestClassifier(n_estimators=100, random_state=0), breast_cancer (30 features)",
         "payload": "FP64 [1, 30] and [64, 30]: V2 JSON over REST; ModelInferRequest, fp64_contents, over gRPC",
         "load": f"REST: wrk -t1; gRPC: grpc.aio closed loop on one channel (Python, C-core); {seconds:.0f} s per "
                 f"point in {rounds} interleaved rounds (medians) after {warmup:.0f} s warm-up",
-        "pinning": ("servers on CPU 0, load on CPU 1" + (", the local S3 (SeaweedFS) beside the load" if s3_pinned
-                                                          else "")) if (os.cpu_count() or 1) >= 2 and
-        shutil.which("taskset") else "none",
+        "pinning": pinning,
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
         "logging": "--payload-log-uri to the local SeaweedFS, sample rate 1.0, default batch/flush; codec: "
                    "setup.log_compression",

@@ -641,9 +641,9 @@ static Py_ssize_t record_id(PyObject *id, PyObject *headers, char *out) {
    size is a move or two; memcpy of a size known only here is a call into libc per row (label and probabilities of
    a 64-row request: 128 calls). */
 static void copy_rows(char *dst, Py_ssize_t stride, const char *src, Py_ssize_t size, Py_ssize_t n) {
-#define COPY_ROWS(k)                                        \
-    for (Py_ssize_t i = 0; i < n; i++, dst += stride, src += k) \
-        memcpy(dst, src, k);                                \
+#define COPY_ROWS(k)                                            \
+    for (Py_ssize_t i = 0; i < n; i++, dst += stride, src += (k)) \
+        memcpy(dst, src, (k));                                  \
     return;
     switch (size) {
     case 1: COPY_ROWS(1)
@@ -651,9 +651,7 @@ static void copy_rows(char *dst, Py_ssize_t stride, const char *src, Py_ssize_t 
     case 4: COPY_ROWS(4)
     case 8: COPY_ROWS(8)
     case 16: COPY_ROWS(16)
-    default:
-        for (Py_ssize_t i = 0; i < n; i++, dst += stride, src += size)
-            memcpy(dst, src, size);
+    default: COPY_ROWS(size)
     }
 #undef COPY_ROWS
 }

@@ -259,7 +259,7 @@ class PayloadLog:
         """Each chunk is encoded (a row group) into the object being written as soon as it is full, while what the
         requests wrote into it is still in the CPU's cache, and given back for the requests to fill again; the
         object is uploaded once it holds `batch` records or BATCH_VALUES input values, `flush_s` after its first
-        chunk, or at close. Waiting for a whole object's chunks before encoding them read them back from memory
+        record, or at close. Waiting for a whole object's chunks before encoding them read them back from memory
         and kept more of them: the writer's work beside the serving loop cost the loop more."""
         store, obj = self.store, None
         while True:
