@@ -926,6 +926,27 @@ static PyObject *store_layout(Store *s, void *unused) {
     return out;
 }
 
+static PyObject *store_sample_rate(Store *s, void *unused) {
+    return PyFloat_FromDouble(s->sample_rate);
+}
+
+/* Set while serving (kiln_server.payload_log.RateFile): offer() reads it once per record, under the GIL. */
+static int store_set_sample_rate(Store *s, PyObject *value, void *unused) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "sample_rate cannot be deleted");
+        return -1;
+    }
+    double rate = PyFloat_AsDouble(value);
+    if (rate == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(rate >= 0.0 && rate <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "sample_rate is between 0 and 1");
+        return -1;
+    }
+    s->sample_rate = rate;
+    return 0;
+}
+
 static PyObject *store_x_parts(Store *s, void *unused) {
     return PyLong_FromLong(s->x_parts);
 }
@@ -946,6 +967,8 @@ static PyGetSetDef store_getset[] = {
     {"layout", (getter)store_layout, NULL, "[(kind, width, itemsize, matrix)] per part, None before the first record",
      NULL},
     {"x_parts", (getter)store_x_parts, NULL, "parts that hold x", NULL},
+    {"sample_rate", (getter)store_sample_rate, (setter)store_set_sample_rate,
+     "the share of offered records stored, 0..1 (the rest are not sampled: neither stored nor dropped)", NULL},
     {NULL}};
 
 static PyTypeObject StoreType = {

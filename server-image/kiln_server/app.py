@@ -114,6 +114,7 @@ class App:
                 # records the store dropped (C counts them) into the Prometheus counter, here and not in the
                 # writer thread: that one may hang in an upload for as long as S3 does
                 self.payload_log.sync_dropped()
+                self.payload_log.follow_rate()
             if self.metrics.multiproc_dir:
                 try:
                     self.metrics.write_snapshot()

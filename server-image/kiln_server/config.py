@@ -11,6 +11,8 @@ import os
 import re
 from dataclasses import asdict, dataclass
 
+from kiln_server import sample_rate_file
+
 PAYLOAD_LOG_CODECS = ("snappy", "zstd", "none")  # Parquet codecs of payload-log objects; the CRD's enum agrees
 # Records per object: each object costs the writer ~3 ms however small it is (Parquet's per-file work, the PUT), so
 # a 1-row request at 10 000 records an object paid ~0.4 us for it, at 65 536 ~0.1 (with logging on at 16 k req/s:
@@ -52,6 +54,7 @@ class Config:
     grpc_port: int = 0  # 0: no gRPC listener
     payload_log_uri: str = ""  # s3:// prefix for request/response records; "" = off
     payload_log_sample_rate: float = 1.0
+    payload_log_sample_rate_file: str = ""  # a file holding the rate, followed while serving (sample_rate_file)
     payload_log_compression: str = "snappy"  # Parquet codec of the objects
     payload_log_queue: int = PAYLOAD_LOG_QUEUE  # records held at most while S3 is slow; past it dropped, counted
     payload_log_batch: int = PAYLOAD_LOG_BATCH  # records per object at most
@@ -157,6 +160,10 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
                         "[KILN_PAYLOAD_LOG_URI]")
     parser.add_argument("--payload-log-sample-rate", type=float, default=default("payload_log_sample_rate", "1"),
                         help="share of requests recorded, 0..1 [KILN_PAYLOAD_LOG_SAMPLE_RATE] (1)")
+    parser.add_argument("--payload-log-sample-rate-file", default=default("payload_log_sample_rate_file", ""),
+                        help="a file holding the share of requests recorded, 0..1, read at start and again whenever it "
+                        "changes (a ConfigMap volume: a new rate without a restart); overrides "
+                        "--payload-log-sample-rate [KILN_PAYLOAD_LOG_SAMPLE_RATE_FILE]")
     parser.add_argument("--payload-log-compression", default=default("payload_log_compression", "snappy"),
                         choices=list(PAYLOAD_LOG_CODECS),
                         help="Parquet codec of the objects [KILN_PAYLOAD_LOG_COMPRESSION] (snappy)")
@@ -198,6 +205,11 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         parser.error(f"--grpc-port {args.grpc_port} is the HTTP port (--port); give gRPC a port of its own")
     if not 0 <= args.payload_log_sample_rate <= 1:
         parser.error("--payload-log-sample-rate must be between 0 and 1")
+    if args.payload_log_uri and args.payload_log_sample_rate_file:
+        try:
+            args.payload_log_sample_rate = sample_rate_file.read(args.payload_log_sample_rate_file)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--payload-log-sample-rate-file: {exc}")
     if args.payload_log_compression not in PAYLOAD_LOG_CODECS:  # argparse checks choices of flags, not of env
         parser.error(f"--payload-log-compression {args.payload_log_compression!r}: not one of "
                      f"{', '.join(PAYLOAD_LOG_CODECS)}")
@@ -249,6 +261,7 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         grpc_port=args.grpc_port,
         payload_log_uri=args.payload_log_uri,
         payload_log_sample_rate=args.payload_log_sample_rate,
+        payload_log_sample_rate_file=args.payload_log_sample_rate_file,
         payload_log_compression=args.payload_log_compression,
         payload_log_queue=args.payload_log_queue,
         payload_log_batch=args.payload_log_batch,

@@ -23,6 +23,8 @@
                                                              (predictions.histogram)
     kiln_payload_log_records_total{model,version,outcome}    counter, payload-log records: written, dropped
                                                              (queue full: S3 slow or down), failed (S3 refused)
+    kiln_payload_log_sample_rate{model,version}              gauge, the share of requests recorded now (it follows
+                                                             --payload-log-sample-rate-file while serving)
 
 With several worker processes, prometheus_client's multiprocess mode aggregates the
 standard metrics (PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is
@@ -374,6 +376,9 @@ class Metrics:
         self.payload_records = Counter("kiln_payload_log_records", "Payload-log records by outcome: written; "
                                        "dropped (queue full, S3 slow or down); failed (S3 refused the object).",
                                        labels + ["outcome"], registry=reg)
+        self.payload_sample_rate = Gauge("kiln_payload_log_sample_rate", "The share of inference requests the "
+                                         "payload log records now, 0..1.", labels, multiprocess_mode="max",
+                                         registry=reg).labels(model, version)
         self._snapshot_path = None
         if self.multiproc_dir:
             from prometheus_client import multiprocess

@@ -61,6 +61,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from kiln_contract import storage
+from kiln_server import sample_rate_file as sample_rate_file_
 from kiln_server.config import PAYLOAD_LOG_BATCH, PAYLOAD_LOG_CODECS, PAYLOAD_LOG_QUEUE
 
 log = logging.getLogger("kiln_server.payload_log")
@@ -118,7 +119,7 @@ class PayloadLog:
     def __init__(self, uri: str, model: str, version: str, names: list[str], metrics=None, *,
                  classes: list | None = None, sample_rate: float = 1.0, queue_max: int = PAYLOAD_LOG_QUEUE,
                  batch: int = PAYLOAD_LOG_BATCH, flush_s: float = 5.0, compression: str = "snappy",
-                 client_factory=_client, writer: bool = True):
+                 client_factory=_client, writer: bool = True, sample_rate_file: str = ""):
         # pyarrow only where logging is on: importing it costs a server start ~0.2 s
         import pyarrow
         import pyarrow.parquet
@@ -171,10 +172,16 @@ class PayloadLog:
         self._refit_dropped = 0
         self._reported_dropped = 0
         self._last_warn = 0.0
-        self._metric = None
+        self._metric = self._rate_metric = None
         if metrics is not None:
             c = metrics.payload_records
             self._metric = {o: c.labels(model, version, o) for o in self._counts}
+            self._rate_metric = metrics.payload_sample_rate
+            self._rate_metric.set(sample_rate)
+        self._flush_now = False  # the writer writes what waits at once (the rate went to 0)
+        self.rate_file = sample_rate_file_.RateFile(sample_rate_file) if sample_rate_file else None
+        if self.rate_file is not None:
+            self.follow_rate()  # the file was read at start (config); this records what it was
         self._file_meta = {"kiln.model": model, "kiln.version": version, "kiln.features": json.dumps(names)}
         self._timestamp = pyarrow.timestamp("us", tz="UTC")
         self._model_dictionary = pyarrow.array([model], pyarrow.string())
@@ -192,7 +199,37 @@ class PayloadLog:
                    classes=schema.classes if schema.is_classifier else None,
                    sample_rate=cfg.payload_log_sample_rate, queue_max=cfg.payload_log_queue,
                    batch=cfg.payload_log_batch, flush_s=cfg.payload_log_flush_s,
-                   compression=cfg.payload_log_compression)
+                   compression=cfg.payload_log_compression, sample_rate_file=cfg.payload_log_sample_rate_file)
+
+    # -- the sample rate ----------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> float:
+        return self.store.sample_rate
+
+    @sample_rate.setter
+    def sample_rate(self, rate: float) -> None:
+        """A new share of requests recorded, from the next record on. At 0 what waits is written at once: nothing
+        more will come to fill it."""
+        self.store.sample_rate = rate
+        if self._rate_metric is not None:
+            self._rate_metric.set(rate)
+        if rate == 0.0:
+            self._flush_now = True
+            self.wake.set()
+
+    def follow_rate(self) -> None:
+        """The rate file's new rate, if it changed (the server's loop calls this every second). A file that holds no
+        rate keeps the rate as it was, and says so in the log."""
+        if self.rate_file is None:
+            return
+        try:
+            rate = self.rate_file.changed()
+        except (OSError, ValueError) as exc:
+            self._warn(f"payload log: the sample rate stays {self.sample_rate}: {exc}")
+            return
+        if rate is not None and rate != self.sample_rate:
+            log.info("payload log: sample rate %s -> %s (%s)", self.sample_rate, rate, self.rate_file.path)
+            self.sample_rate = rate
 
     # -- the request's side -------------------------------------------------------------------------------
     def offer(self, protocol: str, rid: str | None, x, n: int, label, probs, seconds: float, headers=None) -> None:
@@ -265,10 +302,10 @@ class PayloadLog:
         while True:
             woken = self.wake.wait(self.flush_s if obj is None else max(0.0, obj.due - time.monotonic()))
             self.wake.clear()
-            closing = self.closed
-            # on time (flush_s with nothing or an object due) or at close: everything waiting, the chunk being
-            # filled too; else full chunks only
-            flush = closing or not woken or (obj is not None and time.monotonic() >= obj.due)
+            closing, flush_now, self._flush_now = self.closed, self._flush_now, False
+            # on time (flush_s with nothing or an object due), at close, or when sampling stopped: everything
+            # waiting, the chunk being filled too; else full chunks only
+            flush = closing or flush_now or not woken or (obj is not None and time.monotonic() >= obj.due)
             while True:
                 records, rows, _ = store.waiting
                 if not records or not flush and records <= self.chunk_records and rows <= self.chunk_rows:

@@ -84,3 +84,18 @@ def test_bad_limits_are_usage_errors(argv):
     with pytest.raises(SystemExit) as info:
         parse(["--model", "/m", "--name", "n", *argv], {})
     assert info.value.code == 2
+
+
+def test_the_sample_rate_file_is_read_at_start_and_a_bad_one_is_refused_naming_the_flag(tmp_path, capsys):
+    rate = tmp_path / "sampleRate"
+    rate.write_text("0.25\n")
+    base = ["--model", "/m", "--name", "n", "--payload-log-uri", "s3://b/logs", "--payload-log-sample-rate", "1"]
+    cfg = parse(base, {"KILN_PAYLOAD_LOG_SAMPLE_RATE_FILE": str(rate)})
+    assert cfg.payload_log_sample_rate == 0.25 and cfg.payload_log_sample_rate_file == str(rate)
+    for path, text in ((rate, "all of them"), (tmp_path / "missing", None)):
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(SystemExit) as info:
+            parse([*base, "--payload-log-sample-rate-file", str(path)], {})
+        assert info.value.code == 2
+        assert "--payload-log-sample-rate-file: " in capsys.readouterr().err

@@ -297,3 +297,60 @@ def test_steady_logging_reuses_its_chunks():
     filled = 20000 * 64 * 30 // payload_log.CHUNK_VALUES
     # at most the waiting bound's chunks, an object's being written and the one filling: not one per chunk filled
     assert filled > 2 * (chunks + object_chunks + 1) and plog.store.allocated <= chunks + object_chunks + 1
+
+
+def test_the_rate_file_changes_sampling_while_serving(tmp_path):
+    """--payload-log-sample-rate-file: a new rate in the file (as the kubelet writes a ConfigMap: a new file behind a
+    swapped symlink) applies from the next look; at 0 what waits is written at once, not flush_s later; a file that
+    holds no rate keeps the rate as it was."""
+    data = tmp_path / "..2026_12_01_a"
+    data.mkdir()
+    (data / "sampleRate").write_text("1.0\n")
+    (tmp_path / "..data").symlink_to(data.name)
+    path = tmp_path / "sampleRate"
+    path.symlink_to("..data/sampleRate")
+
+    def swap(text: str, tag: str) -> None:  # the kubelet's atomic update
+        new = tmp_path / f"..2026_12_01_{tag}"
+        new.mkdir()
+        (new / "sampleRate").write_text(text)
+        (tmp_path / "..data.tmp").symlink_to(new.name)
+        (tmp_path / "..data.tmp").replace(tmp_path / "..data")
+
+    s3 = FakeS3()
+    plog = _log(s3, batch=1000, flush_s=60, sample_rate_file=str(path))
+    x = np.zeros((1, 2))
+    for i in range(10):
+        plog.offer("grpc", f"a{i}", x, 1, np.array([1]), None, 0.0)
+    assert plog.waiting == 10 and plog.sample_rate == 1.0
+    swap("0", "b")
+    plog.follow_rate()
+    assert plog.sample_rate == 0.0
+    assert _until(lambda: plog.counts["written"] == 10)  # not 60 s later
+    for i in range(10):
+        plog.offer("grpc", f"b{i}", x, 1, np.array([1]), None, 0.0)
+    assert plog.waiting == 0
+    swap("lots", "c")
+    plog.follow_rate()  # not a rate: it stays 0
+    assert plog.sample_rate == 0.0
+    swap(" 0.5 ", "d")
+    plog.follow_rate()
+    assert plog.sample_rate == 0.5
+    plog.follow_rate()  # unchanged: nothing read
+    for i in range(2000):
+        plog.offer("grpc", f"c{i}", x, 1, np.array([1]), None, 0.0)
+    plog.close()
+    assert 800 < plog.counts["written"] - 10 < 1200 and plog.counts["dropped"] == 0
+    assert {r["id"][0] for r in _rows(s3)} == {"a", "c"}
+
+
+@pytest.mark.parametrize("text", ["", "-0.1", "1.5", "nan", "inf", "0.5 0.5", "9" * 65])
+def test_a_rate_file_that_holds_no_rate_is_refused_naming_it(tmp_path, text):
+    from kiln_server import sample_rate_file
+
+    path = tmp_path / "rate"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=str(path)):
+        sample_rate_file.read(str(path))
+    with pytest.raises(ValueError, match="sample_rate"):
+        _log(FakeS3(), writer=False).store.sample_rate = float(text) if text in ("-0.1", "1.5", "nan") else 2.0
