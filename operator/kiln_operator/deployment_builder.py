@@ -36,6 +36,27 @@ def build_service(dep: dict) -> dict:
     }
 
 
+def logging_config_name(name: str) -> str:
+    return labels.dns_name(name, "logging")
+
+
+# spec.logging.sampleRate reaches the servers as a file of this ConfigMap (build_logging_config), which the server
+# follows while serving (--payload-log-sample-rate-file): a new rate needs no rollout.
+LOGGING_MOUNT = "/etc/kiln/logging"
+SAMPLE_RATE_KEY = "sampleRate"
+
+
+def build_logging_config(dep: dict, logging) -> dict:
+    """The ConfigMap of a Deployment's payload-logging settings that may change under running servers."""
+    meta = dep["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": logging_config_name(meta["name"]), "namespace": meta["namespace"],
+                     "ownerReferences": _owner(dep), "labels": {**labels.MANAGED_BY, **selector(meta["name"])}},
+        "data": {SAMPLE_RATE_KEY: repr(float(logging.sample_rate))},
+    }
+
+
 def runtime_for(spec: dict, entry: dict) -> tuple[str, str]:
     """(runtime, artifact format) for a version; raises ValueError naming the field when impossible."""
     formats = set((entry.get("artifacts") or {}).keys()) or set(entry.get("formats") or [])
@@ -88,7 +109,7 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, im
     if logging is not None:
         env += [
             {"name": "KILN_PAYLOAD_LOG_URI", "value": logging.uri},
-            {"name": "KILN_PAYLOAD_LOG_SAMPLE_RATE", "value": repr(float(logging.sample_rate))},
+            {"name": "KILN_PAYLOAD_LOG_SAMPLE_RATE_FILE", "value": f"{LOGGING_MOUNT}/{SAMPLE_RATE_KEY}"},
             {"name": "KILN_PAYLOAD_LOG_COMPRESSION", "value": logging.compression},
             # A writable credential for the records only, under names the artifact reads never use.
             {"name": "KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID",
@@ -110,6 +131,11 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, im
         "securityContext": security.CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [security.TMP_MOUNT],
     }
+    volumes = [security.TMP_VOLUME]
+    if logging is not None:
+        container["volumeMounts"] = [security.TMP_MOUNT, {"name": "logging", "mountPath": LOGGING_MOUNT,
+                                                          "readOnly": True}]
+        volumes.append({"name": "logging", "configMap": {"name": logging_config_name(meta["name"])}})
     manifest = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": server_name(meta["name"], version), "namespace": meta["namespace"],
@@ -125,7 +151,7 @@ def build_server(dep: dict, entry: dict, *, track: str, replicas: int | None, im
                     "securityContext": security.POD_SECURITY_CONTEXT,
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
-                    "volumes": [security.TMP_VOLUME],
+                    "volumes": volumes,
                 },
             },
         },

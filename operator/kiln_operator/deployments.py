@@ -48,7 +48,7 @@ def counts(world: ServingWorld) -> tuple[dict[int, int], dict[int, int]]:
 
 
 def api_versions() -> dict[str, str]:
-    return {"Service": "v1", "Deployment": "apps/v1",
+    return {"Service": "v1", "ConfigMap": "v1", "Deployment": "apps/v1",
             "HorizontalPodAutoscaler": kube.preferred("autoscaling", ("autoscaling/v2", "autoscaling/v2beta2")),
             "PodDisruptionBudget": kube.preferred("policy", ("policy/v1", "policy/v1beta1"))}
 
@@ -57,6 +57,8 @@ def desired_children(dep: dict, plan: Plan, cfg: Settings, versions: dict[str, s
     """The manifests a plan asks for (pure, given the API versions). Raises tenancy.NotAllowed (spec.logging)."""
     out = [deployment_builder.build_service(dep)]
     logging = payload_logging.resolve(dep, cfg)
+    if logging is not None:  # before the servers: their pods mount it
+        out.append(deployment_builder.build_logging_config(dep, logging))
     for version, (track, replicas) in sorted(plan.servers.items()):
         out.append(deployment_builder.build_server(dep, plan.entries[version], track=track, replicas=replicas,
                                                    image=plan.image, s3_secret=cfg.s3_serving_secret,

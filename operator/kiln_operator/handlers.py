@@ -115,6 +115,7 @@ async def pod_event(namespace, labels: dict, memo: kopf.Memo, **_) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels=SERVING)
 @kopf.on.event("", "v1", "services", labels=SERVING)
+@kopf.on.event("", "v1", "configmaps", labels=SERVING)
 @kopf.on.event("autoscaling", "horizontalpodautoscalers", labels=SERVING)
 @kopf.on.event("policy", "poddisruptionbudgets", labels=SERVING)
 async def serving_child_event(namespace, labels: dict, memo: kopf.Memo, **_) -> None:

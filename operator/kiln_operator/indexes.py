@@ -107,6 +107,12 @@ async def kiln_services(namespace, body, labels: dict, **_):
     return {(namespace, labels[deployment_builder.DEPLOYMENT]): _child(body)}
 
 
+@kopf.index("", "v1", "configmaps", labels=SERVING)
+async def kiln_configmaps(namespace, body, labels: dict, **_):
+    """The payload-logging ConfigMaps: what apply.plan compares is in the metadata (kiln.dev/applied)."""
+    return {(namespace, labels[deployment_builder.DEPLOYMENT]): {"metadata": _meta(body)}}
+
+
 @kopf.index("autoscaling", "horizontalpodautoscalers", labels=SERVING)
 async def kiln_hpas(namespace, body, labels: dict, **_):
     return {(namespace, labels[deployment_builder.DEPLOYMENT]): _child(body)}
@@ -118,5 +124,5 @@ async def kiln_pdbs(namespace, body, labels: dict, **_):
 
 
 INDEX_NAMES = ("kiln_trainingjobs", "kiln_models", "kiln_deployments", "trainingjobs_by_model",
-               "deployments_by_model", "kiln_jobs", "kiln_pods", "kiln_servers", "kiln_services", "kiln_hpas",
-               "kiln_pdbs")
+               "deployments_by_model", "kiln_jobs", "kiln_pods", "kiln_servers", "kiln_services", "kiln_configmaps",
+               "kiln_hpas", "kiln_pdbs")

@@ -188,7 +188,8 @@ def preferred(group: str, candidates: tuple[str, ...]) -> str:
     raise LookupError(f"the cluster serves none of {candidates}")
 
 
-_PLURALS = {"Service": "services", "Deployment": "deployments", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+_PLURALS = {"Service": "services", "ConfigMap": "configmaps", "Deployment": "deployments",
+            "HorizontalPodAutoscaler": "horizontalpodautoscalers",
             "PodDisruptionBudget": "poddisruptionbudgets", "Job": "jobs"}
 
 

@@ -63,7 +63,8 @@ class ServingWorld:
     dep: dict
     model: dict | None
     servers: dict[int, dict]  # version -> trimmed apps/v1 Deployment
-    children: dict[tuple[str, str], dict]  # (kind, name) -> trimmed Service / HPA / PDB / apps Deployment
+    children: dict[tuple[str, str], dict]  # (kind, name) -> trimmed Service / ConfigMap / HPA / PDB / apps
+    # Deployment
     pods: list[dict]
 
 
@@ -160,7 +161,8 @@ class World:
         children: dict[tuple[str, str], dict] = {}
         servers: dict[int, dict] = {}
         for kind, index in (("Deployment", "kiln_servers"), ("Service", "kiln_services"),
-                            ("HorizontalPodAutoscaler", "kiln_hpas"), ("PodDisruptionBudget", "kiln_pdbs")):
+                            ("ConfigMap", "kiln_configmaps"), ("HorizontalPodAutoscaler", "kiln_hpas"),
+                            ("PodDisruptionBudget", "kiln_pdbs")):
             for child in _all(self.indexes.get(index), (ns, name)):
                 children[(kind, child["metadata"]["name"])] = child
                 version = ((child["metadata"].get("labels") or {}).get("kiln.dev/version"))

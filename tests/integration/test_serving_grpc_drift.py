@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import urllib.request
 
 import grpc_client_tool
 import numpy as np
@@ -192,6 +193,39 @@ def test_grpc_payload_logging_and_categorical_drift(custom, kiln_ns, s3_env):
     assert [r["input:color"] for r in logged["grpc-typed"]] == sample["color"]
     assert [r["output:label"] for r in logged["rest-sample"]] == by_rest["label"]["data"]
     assert {(r["version"], r["model"]) for r in logged["rest-normal"]} == {("1", "ab")}
+
+    # a new sampleRate reaches the running server through its ConfigMap volume, without a rollout
+    apps, core = client.AppsV1Api(), client.CoreV1Api()
+    selector = "kiln.dev/deployment=ab"
+    server = apps.list_namespaced_deployment(kiln_ns, label_selector=selector).items
+    pods = {p.metadata.name for p in core.list_namespaced_pod(kiln_ns, label_selector=selector).items}
+    metrics_url = f"http://{target.rsplit(':', 1)[0]}:8080/metrics"
+
+    def serving_rate(rate: float) -> None:
+        client.CustomObjectsApi().patch_namespaced_custom_object(
+            "kiln.dev", "v1alpha1", kiln_ns, "deployments", "ab", {"spec": {"logging": {"sampleRate": rate}}})
+
+        def taken():
+            with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+                text = resp.read().decode()
+            return any(line.startswith("kiln_payload_log_sample_rate{") and float(line.split()[-1]) == rate
+                       for line in text.splitlines())
+
+        wait_until(taken, 60, f"the server at sample rate {rate}", interval=0.5)
+
+    serving_rate(0.0)
+    (config,) = core.list_namespaced_config_map(kiln_ns, label_selector=selector).items
+    assert config.data == {"sampleRate": "0.0"}
+    rest(kiln_ns, rows(20, 3), "rest-unsampled")
+    serving_rate(1.0)
+    rest(kiln_ns, rows(20, 4), "rest-resampled")
+    logged = wait_until(lambda: (r := records()) and "rest-resampled" in r and r, 60, "the resampled records",
+                        interval=1)
+    assert "rest-unsampled" not in logged and len(logged["rest-resampled"]) == 20
+    after = apps.list_namespaced_deployment(kiln_ns, label_selector=selector).items
+    assert [(d.metadata.name, d.metadata.generation) for d in after] == \
+        [(d.metadata.name, d.metadata.generation) for d in server]
+    assert {p.metadata.name for p in core.list_namespaced_pod(kiln_ns, label_selector=selector).items} == pods
 
     # every color "blue": the categorical input drifts, and is named
     rest(kiln_ns, rows(1500, 2, colors=["blue"]), "rest-blue")

@@ -399,7 +399,12 @@ def test_all_namespaces_deny_the_operator_writes_in_protected_namespaces():
     assert policy["spec"]["matchConditions"][0]["expression"] == \
         'request.userInfo.username == "system:serviceaccount:kiln-system:kiln-operator"'
     rules = policy["spec"]["matchConstraints"]["resourceRules"][0]
-    assert {"deployments", "jobs", "services"} <= set(rules["resources"]) and "DELETE" in rules["operations"]
+    # every workload resource the operator may write, configmaps included (kube-system's hold the cluster's own)
+    written = {res for (group, res), verbs in EXPECTED_RULES.items()
+               if group in ("", "apps", "batch", "autoscaling", "policy") and verbs & {"create", "patch", "delete"}}
+    assert written == {"services", "configmaps", "deployments", "jobs", "horizontalpodautoscalers",
+                       "poddisruptionbudgets", "events"}
+    assert written <= set(rules["resources"]) and "DELETE" in rules["operations"]
     assert policy["spec"]["failurePolicy"] == "Fail" and policy["spec"]["validations"][0]["expression"] == "false"
     binding = one(rendered(), "ValidatingAdmissionPolicyBinding", "kiln-operator-protected-namespaces")
     assert binding["spec"] == {"policyName": "kiln-operator-protected-namespaces", "validationActions": ["Deny"]}
@@ -462,6 +467,7 @@ EXPECTED_RULES = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "services"): WRITES,
+    ("", "configmaps"): WRITES,  # the payload-logging ConfigMap a Deployment's servers follow (sampleRate)
     ("apps", "deployments"): WRITES,
     ("autoscaling", "horizontalpodautoscalers"): WRITES,
     ("policy", "poddisruptionbudgets"): WRITES,

@@ -137,7 +137,23 @@ def test_logging_default_prefix_and_writable_credentials_for_it_only():
     c = server["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
     assert env["KILN_PAYLOAD_LOG_URI"]["value"] == logging.uri
-    assert env["KILN_PAYLOAD_LOG_SAMPLE_RATE"]["value"] == "0.25"
+    # the rate reaches the server as a file of the Deployment's logging ConfigMap, which it follows while serving:
+    # a new rate changes the ConfigMap, not the pod template (no rollout)
+    config = deployment_builder.build_logging_config(d, logging)
+    assert config["kind"] == "ConfigMap" and config["data"] == {"sampleRate": "0.25"}
+    assert config["metadata"]["labels"]["kiln.dev/deployment"] == "iris"
+    assert config["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    assert "KILN_PAYLOAD_LOG_SAMPLE_RATE" not in env
+    assert env["KILN_PAYLOAD_LOG_SAMPLE_RATE_FILE"]["value"] == "/etc/kiln/logging/sampleRate"
+    pod = server["spec"]["template"]["spec"]
+    assert {"name": "logging", "configMap": {"name": config["metadata"]["name"]}} in pod["volumes"]
+    assert {"name": "logging", "mountPath": "/etc/kiln/logging", "readOnly": True} in c["volumeMounts"]
+    other = deployment_builder.build_server(_dep(logging={"enabled": True, "sampleRate": 1.0}),
+                                            _model()["status"]["versions"][0], track="stable", replicas=1,
+                                            image="kiln/server:0.1.0", s3_secret="kiln-s3-read",
+                                            logging=payload_logging.resolve(
+                                                _dep(logging={"enabled": True, "sampleRate": 1.0}), CFG))
+    assert other["spec"]["template"] == server["spec"]["template"]
     assert env["KILN_PAYLOAD_LOG_COMPRESSION"]["value"] == "snappy"  # the CRD's default, also when absent
     ref = env["KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": CFG.s3_logging_secret, "key": "AWS_ACCESS_KEY_ID"}

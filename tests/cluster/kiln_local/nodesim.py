@@ -7,8 +7,12 @@ CMD, ENV) plus the pod's command/args/env; each pod gets its own loopback addres
 restart counts and termination messages are reported through the status subresource;
 a deleted pod's processes get SIGTERM, the grace period, then SIGKILL.
 
-What it cannot do without containers: volumes are not mounted (pods get their config
-through env), memory limits are not enforced, `kubectl logs/exec` do not work (each
+What it cannot do without containers: most volumes are not mounted (pods get their config
+through env). ConfigMap volumes are written into the pod's directory in the kubelet's layout
+(a timestamped directory behind a `..data` symlink, swapped when the ConfigMap changes: one
+watch for the node, as the kubelet's), and an env value or argument that names a path under
+the volume's mountPath is given that directory instead, since there is no mount namespace to
+put it at the mountPath. Memory limits are not enforced, `kubectl logs/exec` do not work (each
 container's output is in .kiln/pods/<namespace>_<pod>/<container>.log). The container's
 termination-message file is a per-container file whose path is handed to the process
 in KILN_TERMINATION_LOG, since /dev/termination-log cannot be remapped per process.
@@ -257,6 +261,8 @@ class PodRunner(threading.Thread):
         self.gone = False
         self.start_time = (self.pod.get("status") or {}).get("startTime") or now()
         self._published: dict | None = None
+        # volume name -> (ConfigMap name, its directory here) for the pod's configMap volumes
+        self.config_volumes: dict[str, tuple[str, Path]] = {}
 
     # -- lifecycle ----------------------------------------------------------
     def request_stop(self, grace: float, gone: bool = False) -> None:
@@ -285,6 +291,7 @@ class PodRunner(threading.Thread):
         reported = None
         while True:
             try:
+                self._config_volumes()
                 env_base = self._env_base()
                 inits = [self._container(c, env_base, True) for c in spec.get("initContainers", [])]
                 mains = [self._container(c, env_base, False) for c in spec["containers"]]
@@ -384,16 +391,38 @@ class PodRunner(threading.Thread):
     # -- building containers ------------------------------------------------
     def _container(self, spec: dict, env_base: dict[str, str], init: bool) -> Container:
         image = dockerfile.parse(dockerfile.dockerfile_for(spec["image"]).read_text())
-        env = {**env_base, **image.env, **self._env(spec)}
+        mounts = self._mounts(spec)
+        env = {k: _remap(v, mounts) for k, v in {**env_base, **image.env, **self._env(spec)}.items()}
         # $(VAR) in command and args expands from the container's env, as the kubelet does.
-        command = [_expand(a, env) for a in spec.get("command") or []] or None
-        args = [_expand(a, env) for a in spec["args"]] if spec.get("args") is not None else None
+        command = [_remap(_expand(a, env), mounts) for a in spec.get("command") or []] or None
+        args = [_remap(_expand(a, env), mounts) for a in spec["args"]] if spec.get("args") is not None else None
         argv = dockerfile.argv_for(image, command, args)
         if not argv:
             raise ValueError(f"container {spec['name']}: no command and the image has no ENTRYPOINT/CMD")
         if argv[0] in ("python", "python3", "/usr/local/bin/python", "/usr/bin/python3"):
             argv[0] = sys.executable  # the image's interpreter is this repo's virtualenv here
         return Container(self, spec, argv, env, init)
+
+    def _config_volumes(self) -> None:
+        for volume in self.pod["spec"].get("volumes") or []:
+            ref = volume.get("configMap")
+            if ref is None:
+                continue
+            directory = self.dir / "volumes" / volume["name"]
+            data = self._object("configmap", ref["name"], ref.get("optional"))
+            self.config_volumes[volume["name"]] = (ref["name"], directory)
+            write_volume(directory, data)
+
+    def config_map_changed(self, name: str, data: dict[str, str]) -> None:
+        """The kubelet's update of a mounted ConfigMap: new contents behind the swapped symlink."""
+        for cm, directory in self.config_volumes.values():
+            if cm == name and directory.exists():
+                write_volume(directory, data)
+
+    def _mounts(self, spec: dict) -> dict[str, str]:
+        """mountPath -> this pod's directory for the container's ConfigMap volumes."""
+        return {m["mountPath"].rstrip("/"): str(self.config_volumes[m["name"]][1])
+                for m in spec.get("volumeMounts") or [] if m["name"] in self.config_volumes}
 
     def _env_base(self) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)
@@ -543,6 +572,36 @@ class PodRunner(threading.Thread):
                 log.warning("pod %s/%s: status update failed: %s", self.ns, self.name, exc.reason)
 
 
+def write_volume(directory: Path, data: dict[str, str]) -> None:
+    """A ConfigMap volume as the kubelet writes it: the keys in a new timestamped directory, `..data` swapped to it
+    in one rename, each key a symlink through `..data` (so a reader sees the old contents or the new, whole)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = directory / f"..{dt.datetime.now(dt.UTC):%Y_%m_%d_%H_%M_%S.%f}"
+    stamp.mkdir()
+    for key, value in data.items():
+        (stamp / key).write_text(value)
+    tmp = directory / "..data_tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(stamp.name)
+    old = (directory / "..data").resolve() if (directory / "..data").is_symlink() else None
+    tmp.replace(directory / "..data")
+    for key in data:
+        link = directory / key
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{key}")
+    if old is not None and old != stamp.resolve():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+
+
+def _remap(value: str, mounts: dict[str, str]) -> str:
+    for path, directory in mounts.items():
+        if value == path or value.startswith(path + "/"):
+            return directory + value[len(path):]
+    return value
+
+
 def _expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion against variables defined earlier."""
     for k, v in env.items():
@@ -683,6 +742,32 @@ class NodeSim:
                 log.warning("pod watch error: %s; relisting", exc)
                 time.sleep(1)
 
+    def watch_config_maps(self) -> None:
+        """ConfigMap changes into the volumes of the pods that mount them, as the kubelet's watch does."""
+        while not self.stop.is_set():
+            try:
+                rv = self.api.list_config_map_for_all_namespaces(limit=1).metadata.resource_version
+                w = watch.Watch()
+                for ev in w.stream(self.api.list_config_map_for_all_namespaces, resource_version=rv,
+                                   timeout_seconds=60, allow_watch_bookmarks=False):
+                    if self.stop.is_set():
+                        w.stop()
+                        break
+                    cm = ev["object"]
+                    if ev["type"] != "MODIFIED":
+                        continue
+                    with self.lock:
+                        runners = [r for r in self.pods.values() if r.ns == cm.metadata.namespace]
+                    for r in runners:
+                        r.config_map_changed(cm.metadata.name, dict(cm.data or {}))
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("configmap watch failed: %s; relisting", exc.reason)
+                    time.sleep(1)
+            except Exception as exc:  # noqa: BLE001 - reconnect on any transport error
+                log.warning("configmap watch error: %s; relisting", exc)
+                time.sleep(1)
+
     def shutdown(self) -> None:
         self.stop.set()
         with self.lock:
@@ -715,6 +800,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: sim.stop.set())
     threading.Thread(target=sim.heartbeat, daemon=True).start()
     threading.Thread(target=sim.watch_pods, daemon=True).start()
+    threading.Thread(target=sim.watch_config_maps, daemon=True).start()
     log.info("node %s registered; running Kiln images as local processes", NODE_NAME)
     sim.stop.wait()
     sim.shutdown()
