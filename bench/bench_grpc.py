@@ -28,6 +28,15 @@ layout, not time: interleaved rounds keep the offset), which is as large as the 
 concurrency each side of the comparison is --processes server processes (default 3), each measured in every round,
 and the side's throughput is the mean of its processes' medians (each process's figures are in the JSON).
 
+Paired (what the goal is judged on): each logging process follows its sample rate from a file
+(--payload-log-sample-rate-file, as a Kiln Deployment's pods follow their ConfigMap), so it is also measured at rate
+0 (kiln-rest-log0, kiln-grpc-log0), back to back with itself at rate 1, in alternating order (round_order). The
+process's own speed is then on both sides and cancels; so does the machine's drift over seconds. The cost is the
+mean over processes of 1 - median(at 1) / median(at 0), with a standard error from the rounds' paired costs
+(paired_cost). At rate 0 a record costs one call that returns at the sampling test (~0.05 us), and pyarrow and the
+store's memory are there: what remains is the cost of recording, encoding and uploading. The comparison with
+separate processes without logging (kiln-rest, kiln-grpc) stays beside it.
+
 --payload drawn: each request's rows drawn at random from the dataset (DRAWN_BODIES different requests per
 case, cycled by wrk's Lua and by the gRPC client) instead of the same rows every time. Values then repeat
 the way a live table's do, which is what compression pays for (bench_payload_encode.py); the default,
@@ -388,10 +397,11 @@ def run(seconds: float, warmup: float, rounds: int, with_mlserver: bool = True, 
                 f"point in {rounds} interleaved rounds (medians) after {warmup:.0f} s warm-up",
         "pinning": pinning,
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-        "logging": "--payload-log-uri to the local SeaweedFS, sample rate 1.0, default batch/flush; codec: "
-                   "setup.log_compression",
+        "logging": "--payload-log-uri to the local SeaweedFS, default batch/flush; codec: setup.log_compression; "
+                   "sample rate from --payload-log-sample-rate-file: 1.0, and 0 for the paired -log0 points",
         "processes": f"{processes} server processes each with and without logging at c={max(bs.CONCURRENCY)}, "
-                     "each measured in every round; a side's req/s is the mean of its processes' medians",
+                     "each measured in every round; a side's req/s is the mean of its processes' medians; a logging "
+                     "process at rate 1 and 0 back to back, in alternating order (round_order)",
     }
     return results
 

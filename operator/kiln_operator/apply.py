@@ -60,7 +60,7 @@ def plan(desired: list[dict], observed: dict[tuple[str, str], dict], owner_uid: 
         elif controller_uid(have) != owner_uid:
             out.conflicts.append(conflict_message(*key))
         elif ((have["metadata"].get("annotations") or {}).get(APPLIED) != fingerprint(manifest)
-              or _replicas_drifted(manifest, have)):
+              or _replicas_drifted(manifest, have) or _data_drifted(manifest, have)):
             out.apply.append(stamped(manifest))
     for key, have in sorted(observed.items()):
         if key not in wanted and controller_uid(have) == owner_uid:
@@ -72,6 +72,11 @@ def _replicas_drifted(manifest: dict, have: dict) -> bool:
     """Someone scaled a server we scale ourselves: put our count back."""
     want = (manifest.get("spec") or {}).get("replicas")
     return manifest["kind"] == "Deployment" and want is not None and (have.get("spec") or {}).get("replicas") != want
+
+
+def _data_drifted(manifest: dict, have: dict) -> bool:
+    """Someone edited a ConfigMap we write (its data, not our fingerprint): put our data back."""
+    return manifest["kind"] == "ConfigMap" and "data" in have and have["data"] != manifest.get("data", {})
 
 
 def sync(namespace: str, desired: list[dict], observed: dict[tuple[str, str], dict], owner_uid: str,

@@ -109,8 +109,9 @@ async def kiln_services(namespace, body, labels: dict, **_):
 
 @kopf.index("", "v1", "configmaps", labels=SERVING)
 async def kiln_configmaps(namespace, body, labels: dict, **_):
-    """The payload-logging ConfigMaps: what apply.plan compares is in the metadata (kiln.dev/applied)."""
-    return {(namespace, labels[deployment_builder.DEPLOYMENT]): {"metadata": _meta(body)}}
+    """The payload-logging ConfigMaps, with their data: an edit by hand is put back (apply._data_drifted)."""
+    return {(namespace, labels[deployment_builder.DEPLOYMENT]): {"metadata": _meta(body),
+                                                                 "data": dict(body.get("data") or {})}}
 
 
 @kopf.index("autoscaling", "horizontalpodautoscalers", labels=SERVING)

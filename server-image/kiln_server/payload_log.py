@@ -40,6 +40,10 @@ counted (kiln_payload_log_records_total{outcome="dropped"}, synced from the stor
 loop), so a slow or stopped S3 costs records, never a request's time. An upload that fails (after the client's
 short retries) is counted as `failed`.
 
+The sample rate (--payload-log-sample-rate, or the file --payload-log-sample-rate-file names, followed while
+serving: kiln_server.sample_rate_file) is read by the store once per record; kiln_payload_log_sample_rate says
+which rate the process has. When it goes to 0, what waits is written at once.
+
 Credentials: the logger's own S3 client uses KILN_PAYLOAD_LOG_AWS_ACCESS_KEY_ID / _SECRET_ACCESS_KEY when
 set (the operator gives serving pods a writable credential under those names only when logging is on; the
 pod's AWS_* credentials stay read-only for artifacts), else the process's AWS_* credentials.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import time
 import urllib.request
 
 import grpc_client_tool
@@ -201,10 +202,7 @@ def test_grpc_payload_logging_and_categorical_drift(custom, kiln_ns, s3_env):
     pods = {p.metadata.name for p in core.list_namespaced_pod(kiln_ns, label_selector=selector).items}
     metrics_url = f"http://{target.rsplit(':', 1)[0]}:8080/metrics"
 
-    def serving_rate(rate: float) -> None:
-        client.CustomObjectsApi().patch_namespaced_custom_object(
-            "kiln.dev", "v1alpha1", kiln_ns, "deployments", "ab", {"spec": {"logging": {"sampleRate": rate}}})
-
+    def server_at(rate: float) -> None:
         def taken():
             with urllib.request.urlopen(metrics_url, timeout=10) as resp:
                 text = resp.read().decode()
@@ -213,9 +211,20 @@ def test_grpc_payload_logging_and_categorical_drift(custom, kiln_ns, s3_env):
 
         wait_until(taken, 60, f"the server at sample rate {rate}", interval=0.5)
 
+    def serving_rate(rate: float) -> None:
+        client.CustomObjectsApi().patch_namespaced_custom_object(
+            "kiln.dev", "v1alpha1", kiln_ns, "deployments", "ab", {"spec": {"logging": {"sampleRate": rate}}})
+        server_at(rate)
+
     serving_rate(0.0)
     (config,) = core.list_namespaced_config_map(kiln_ns, label_selector=selector).items
     assert config.data == {"sampleRate": "0.0"}
+    # an edit by hand is put back: the spec is the truth
+    core.patch_namespaced_config_map(config.metadata.name, kiln_ns, {"data": {"sampleRate": "1"}})
+    wait_until(lambda: core.read_namespaced_config_map(config.metadata.name, kiln_ns).data == {"sampleRate": "0.0"},
+               30, "the operator to put the ConfigMap back")
+    time.sleep(2.5)  # the server looks at the file once a second: it may have seen the "1" for a moment
+    server_at(0.0)
     rest(kiln_ns, rows(20, 3), "rest-unsampled")
     serving_rate(1.0)
     rest(kiln_ns, rows(20, 4), "rest-resampled")

@@ -119,6 +119,18 @@ def test_a_hand_scaled_server_is_scaled_back():
     assert apply.plan([want], {("Deployment", "iris-v1"): have}, "u1", VERSIONS).apply == []
 
 
+def test_a_hand_edited_configmap_is_put_back():
+    want = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "iris-logging", "namespace": "ns"},
+            "data": {"sampleRate": "0.5"}}
+    owner = [{"uid": "u1", "controller": True}]
+    have = {"kind": "ConfigMap", "metadata": {"name": "iris-logging", "ownerReferences": owner,
+                                              "annotations": {apply.APPLIED: apply.fingerprint(want)}},
+            "data": {"sampleRate": "1"}}
+    assert apply.plan([want], {("ConfigMap", "iris-logging"): have}, "u1", VERSIONS).apply[0]["data"] == want["data"]
+    have["data"] = {"sampleRate": "0.5"}
+    assert apply.plan([want], {("ConfigMap", "iris-logging"): have}, "u1", VERSIONS).apply == []
+
+
 def test_fingerprint_ignores_key_order():
     a = {"kind": "Service", "metadata": {"name": "x", "labels": {"a": "1", "b": "2"}}}
     b = {"metadata": {"labels": {"b": "2", "a": "1"}, "name": "x"}, "kind": "Service"}
