@@ -436,10 +436,13 @@ def over_processes(runs: dict[str, list]) -> dict[str, dict]:
 
 def round_order(names: list[str], round_: int) -> list[str]:
     """A round's order: each process's names side by side, a logging process at rate 1 next to itself at 0 for each
-    protocol (kiln-grpc, -log, -log0, kiln-rest-log0, -log, kiln-rest), reversed every other round. This machine's
+    protocol (kiln-grpc, -log0, -log, kiln-rest-log, -log0, kiln-rest), reversed every other round. This machine's
     speed drifts over seconds by several per cent; a pair measured back to back, in alternating order (ABBA), sees
-    the same drift on both sides. Two rate changes a round."""
-    rank = {"kiln-grpc": 0, "kiln-grpc-log": 1, "kiln-grpc-log0": 2, "kiln-rest-log0": 3, "kiln-rest-log": 4,
+    the same drift on both sides. Each logging process's turn ends at rate 0, so its writer has written what it held
+    (set_rate) before the next process is measured: with the turn ending at 1, the records left from it were written
+    by the writer's 5-s timer while the next processes were measured, and 1-row REST cost 5-7 % paired in three
+    runs against 2.4 % with the turn ending at 0 (bench/README.md, "Session 11"). Two rate changes a round."""
+    rank = {"kiln-grpc": 0, "kiln-grpc-log0": 1, "kiln-grpc-log": 2, "kiln-rest-log": 3, "kiln-rest-log0": 4,
             "kiln-rest": 5}
 
     def key(name: str):
