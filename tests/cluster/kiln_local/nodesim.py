@@ -721,51 +721,41 @@ class NodeSim:
 
     def watch_pods(self) -> None:
         selector = f"spec.nodeName={NODE_NAME}"
-        while not self.stop.is_set():
-            try:
-                listing = self.api.list_pod_for_all_namespaces(field_selector=selector)
-                for pod in listing.items:
-                    self.handle("ADDED", pod)
-                rv = listing.metadata.resource_version
-                w = watch.Watch()
-                for ev in w.stream(self.api.list_pod_for_all_namespaces, field_selector=selector,
-                                   resource_version=rv, timeout_seconds=60, allow_watch_bookmarks=False):
-                    if self.stop.is_set():
-                        w.stop()
-                        break
-                    self.handle(ev["type"], ev["object"])
-            except ApiException as exc:
-                if exc.status != 410:
-                    log.warning("pod watch failed: %s; relisting", exc.reason)
-                    time.sleep(1)
-            except Exception as exc:  # noqa: BLE001 - reconnect on any transport error
-                log.warning("pod watch error: %s; relisting", exc)
-                time.sleep(1)
+        self._watch("pod", self.api.list_pod_for_all_namespaces, self.handle, listed=True, field_selector=selector)
 
     def watch_config_maps(self) -> None:
         """ConfigMap changes into the volumes of the pods that mount them, as the kubelet's watch does."""
+        def changed(kind: str, cm) -> None:
+            if kind != "MODIFIED":
+                return
+            with self.lock:
+                runners = [r for r in self.pods.values() if r.ns == cm.metadata.namespace]
+            for r in runners:
+                r.config_map_changed(cm.metadata.name, dict(cm.data or {}))
+
+        self._watch("configmap", self.api.list_config_map_for_all_namespaces, changed)
+
+    def _watch(self, what: str, list_fn, handle, listed: bool = False, **kw) -> None:
+        """List, then watch from that list's version, until stopped; relist after an expired version or any error.
+        listed: the listed objects go to handle as ADDED first."""
         while not self.stop.is_set():
             try:
-                rv = self.api.list_config_map_for_all_namespaces(limit=1).metadata.resource_version
+                listing = list_fn(**kw)
+                for obj in listing.items if listed else ():
+                    handle("ADDED", obj)
                 w = watch.Watch()
-                for ev in w.stream(self.api.list_config_map_for_all_namespaces, resource_version=rv,
-                                   timeout_seconds=60, allow_watch_bookmarks=False):
+                for ev in w.stream(list_fn, resource_version=listing.metadata.resource_version, timeout_seconds=60,
+                                   allow_watch_bookmarks=False, **kw):
                     if self.stop.is_set():
                         w.stop()
                         break
-                    cm = ev["object"]
-                    if ev["type"] != "MODIFIED":
-                        continue
-                    with self.lock:
-                        runners = [r for r in self.pods.values() if r.ns == cm.metadata.namespace]
-                    for r in runners:
-                        r.config_map_changed(cm.metadata.name, dict(cm.data or {}))
+                    handle(ev["type"], ev["object"])
             except ApiException as exc:
                 if exc.status != 410:
-                    log.warning("configmap watch failed: %s; relisting", exc.reason)
+                    log.warning("%s watch failed: %s; relisting", what, exc.reason)
                     time.sleep(1)
             except Exception as exc:  # noqa: BLE001 - reconnect on any transport error
-                log.warning("configmap watch error: %s; relisting", exc)
+                log.warning("%s watch error: %s; relisting", what, exc)
                 time.sleep(1)
 
     def shutdown(self) -> None:
