@@ -33,9 +33,9 @@ Paired (what the goal is judged on): each logging process follows its sample rat
 0 (kiln-rest-log0, kiln-grpc-log0), back to back with itself at rate 1, in alternating order (round_order). The
 process's own speed is then on both sides and cancels; so does the machine's drift over seconds. The cost is the
 mean over processes of 1 - median(at 1) / median(at 0), with a standard error from the rounds' paired costs
-(paired_cost). At rate 0 a record costs one call that returns at the sampling test (~0.05 us), and pyarrow and the
-store's memory are there: what remains is the cost of recording, encoding and uploading. The comparison with
-separate processes without logging (kiln-rest, kiln-grpc) stays beside it.
+(paired_cost). At rate 0 a record costs one call that returns at the sampling test, before any array is read, and
+pyarrow and the store's memory are there: what remains is the cost of recording, encoding and uploading. The
+comparison with separate processes without logging (kiln-rest, kiln-grpc) stays beside it.
 
 --payload drawn: each request's rows drawn at random from the dataset (DRAWN_BODIES different requests per
 case, cycled by wrk's Lua and by the gRPC client) instead of the same rows every time. Values then repeat

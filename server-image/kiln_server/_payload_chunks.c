@@ -930,7 +930,8 @@ static PyObject *store_sample_rate(Store *s, void *unused) {
     return PyFloat_FromDouble(s->sample_rate);
 }
 
-/* Set while serving (kiln_server.payload_log.RateFile): offer() reads it once per record, under the GIL. */
+/* Set while serving (PayloadLog.sample_rate, from kiln_server.sample_rate_file): offer() reads it once per record,
+   under the GIL. */
 static int store_set_sample_rate(Store *s, PyObject *value, void *unused) {
     if (value == NULL) {
         PyErr_SetString(PyExc_AttributeError, "sample_rate cannot be deleted");
